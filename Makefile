@@ -1,0 +1,52 @@
+# make run   : set up .venv (once) and reproduce the pipeline with DVC (dvc.yaml)
+# make test  : set up .venv (once) and run the tests
+# make setup : only the setup; a stamp file makes repeats instant (delete .venv/.setup-done to redo it)
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+SETUP_DEPS := pyproject.toml $(wildcard tools/gltf/package.json tools/gltf/package-lock.json)
+
+# cmds in dvc.yaml say `python`: the venv comes first on PATH
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+# nothing may reach the network at run time
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+PYTEST_ARGS ?= -q --durations=10
+
+.PHONY: setup run test clean-store
+
+setup: $(STAMP)
+
+# Setup notes: libeigen3-dev is for building pysdf. torch goes first and pinned: 2.13.0's CPU build lies on this
+# machine's disk, an unpinned torch pulls a multi-GB CUDA build. nerfacc builds from source against the installed
+# torch (hence --no-build-isolation); BUILD_NO_CUDA=1 skips its CUDA extension, its Python ops work on CPU
+# (set BUILD_NO_CUDA=0 on a CUDA machine).
+
+$(STAMP): $(SETUP_DEPS)
+	@if [ ! -f /usr/include/eigen3/Eigen/Core ]; then \
+	  echo "installing libeigen3-dev (needed to build pysdf)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y libeigen3-dev >/dev/null || \
+	    (apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y libeigen3-dev >/dev/null); \
+	  else echo "warning: not root; install libeigen3-dev yourself" >&2; fi; \
+	fi
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	BUILD_NO_CUDA=$${BUILD_NO_CUDA:-1} $(PY) -m pip install -q --no-build-isolation nerfacc==0.5.3
+	if [ -d tools/gltf ]; then cd tools/gltf && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund); fi
+	touch $(STAMP)
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest $(PYTEST_ARGS)
+
+clean-store:  ## drop the content-addressed store and Prefect's local state (DISTILL3D_HOME)
+	rm -rf .distill3d

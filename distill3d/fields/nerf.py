@@ -1,0 +1,188 @@
+"""Density + albedo radiance field for score distillation (DreamFusion Sec. 3.1, with an Instant-NGP encoding).
+
+sigma(x) = act(h(x) + sigma_blob(x) + density_shift), albedo(x) = sigmoid(g(x)), with h, g one small MLP on the
+hash-grid features. DreamFusion's density blob (Appendix A.2) sigma_blob(x) = lambda * exp(-|x|^2 / (2 r^2))
+starts the optimisation from a ball at the origin. Points outside [-bound, bound]^3 have zero density.
+
+Every field the renderer accepts implements ``query(x, normals=..., create_graph=...) -> FieldOutput`` and has
+``bound``; an SDF field (TextMesh) implements the same method with its own density conversion.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp with its gradient clamped at exp(15) (Instant-NGP / torch-ngp): stable density activation.
+    Backward is written with differentiable ops so double backward (autograd normals) works."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+@dataclass
+class FieldConfig:
+    """Field hyper-parameters. Defaults are sized for 32x32 CPU renders (objects of radius ~0.6 in [-1, 1]^3)."""
+
+    encoding: HashGridConfig = field(default_factory=lambda: HashGridConfig(
+        n_levels=8, features_per_level=2, log2_hashmap_size=16, base_resolution=16, max_resolution=128))
+    hidden_width: int = 32
+    hidden_layers: int = 1
+    density_activation: str = "softplus"  # "softplus" | "trunc_exp"
+    blob: str = "gaussian"  # "gaussian" (DreamFusion) | "linear" (Magic3D: lambda * (1 - |x| / r)) | "none"
+    blob_density: float = 10.0
+    blob_radius: float = 0.3
+    density_shift: float = -4.0  # constant added before the activation so empty space starts (nearly) empty
+
+    @property
+    def bound(self) -> float:
+        return self.encoding.bound
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FieldConfig":
+        d = dict(d)
+        d["encoding"] = HashGridConfig(**d["encoding"])
+        return cls(**d)
+
+
+class FieldOutput(NamedTuple):
+    """sigma (N,) >= 0, albedo (N, 3) in [0, 1], normals (N, 3) unit outward or None."""
+
+    sigma: torch.Tensor
+    albedo: torch.Tensor
+    normals: torch.Tensor | None
+
+
+class RadianceField(nn.Module):
+    """x (N, 3) world points -> density sigma (N,) and albedo (N, 3)."""
+
+    def __init__(self, cfg: FieldConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or FieldConfig()
+        self.encoding = HashGridEncoding(self.cfg.encoding)
+        layers: list[nn.Module] = []
+        d = self.encoding.output_dim
+        for _ in range(self.cfg.hidden_layers):
+            layers += [nn.Linear(d, self.cfg.hidden_width), nn.ReLU(inplace=True)]
+            d = self.cfg.hidden_width
+        layers.append(nn.Linear(d, 4))
+        self.mlp = nn.Sequential(*layers)
+        if self.cfg.density_activation not in ("softplus", "trunc_exp"):
+            raise ValueError(f"unknown density_activation {self.cfg.density_activation!r}")
+        if self.cfg.blob not in ("gaussian", "linear", "none"):
+            raise ValueError(f"unknown blob {self.cfg.blob!r}")
+
+    @property
+    def bound(self) -> float:
+        return self.cfg.bound
+
+    def density_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) -> (N,) pre-activation bias: blob (DreamFusion A.2 / Magic3D) plus ``density_shift``."""
+        c = self.cfg
+        if c.blob == "gaussian":
+            blob = c.blob_density * torch.exp(-(x * x).sum(-1) / (2 * c.blob_radius**2))
+        elif c.blob == "linear":
+            blob = c.blob_density * (1 - x.norm(dim=-1) / c.blob_radius)
+        else:
+            blob = torch.zeros_like(x[:, 0])
+        return blob + c.density_shift
+
+    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3) -> pre-activation density (N,) and albedo logits (N, 3)."""
+        h = self.mlp(self.encoding(x))
+        return h[:, 0] + self.density_bias(x), h[:, 1:]
+
+    def _activate(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        sigma = nn.functional.softplus(raw) if self.cfg.density_activation == "softplus" else trunc_exp(raw)
+        inside = (x.abs() <= self.bound).all(dim=-1)
+        return torch.where(inside, sigma, torch.zeros_like(sigma))
+
+    def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
+        """Density, albedo and optionally normals at x (N, 3).
+
+        Normals n = -grad sigma / |grad sigma| by autograd. The gradient is taken of the pre-activation density,
+        which has the same direction (the activation is monotonic) and no exp overflow. ``create_graph=True``
+        keeps the graph so losses on normals (orientation loss, Lambertian shading) train the field; it works
+        even when called under ``torch.no_grad()``.
+        """
+        if not normals:
+            raw, alb = self._raw(x)
+            return FieldOutput(self._activate(raw, x), torch.sigmoid(alb), None)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            raw, alb = self._raw(xg)
+            (g,) = torch.autograd.grad(raw.sum(), xg, create_graph=create_graph)
+            n = -g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            sigma = self._activate(raw, xg)
+            alb = torch.sigmoid(alb)
+        if not torch.is_grad_enabled():
+            sigma, alb, n = sigma.detach(), alb.detach(), n.detach()
+        elif not create_graph:
+            n = n.detach()
+        return FieldOutput(sigma, alb, n)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, 3) -> (sigma (N,), albedo (N, 3))."""
+        out = self.query(x)
+        return out.sigma, out.albedo
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3) -> sigma (N,)."""
+        raw = self.mlp(self.encoding(x))[:, 0] + self.density_bias(x)
+        return self._activate(raw, x)
+
+    def albedo(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3) -> albedo (N, 3) in [0, 1]."""
+        return torch.sigmoid(self.mlp(self.encoding(x))[:, 1:])
+
+    def normals(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """x (N, 3) -> unit outward normals (N, 3) = -grad sigma / |grad sigma|."""
+        return self.query(x, normals=True, create_graph=create_graph).normals
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by learning-rate group: the hash tables ("encoding") and the MLP ("mlp")."""
+        return {"encoding": list(self.encoding.parameters()), "mlp": list(self.mlp.parameters())}
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``field.json`` (type + config) and ``field.safetensors`` (weights) into ``directory``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "field.json").write_text(json.dumps({"type": "RadianceField", "config": self.cfg.to_dict()}, indent=2))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(d / "field.safetensors"))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "RadianceField":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta = json.loads((d / "field.json").read_text())
+        if meta.get("type") != "RadianceField":
+            raise ValueError(f"{d} holds a {meta.get('type')!r}, not a RadianceField")
+        f = cls(FieldConfig.from_dict(meta["config"]))
+        f.load_state_dict(load_file(str(d / "field.safetensors")))
+        return f.to(device)

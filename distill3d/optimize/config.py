@@ -1,0 +1,59 @@
+"""Configuration of the score-distillation loop (DreamFusion Sec. 3 / Appendix A, Instant-NGP optimiser settings)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from distill3d.cameras import CameraDistribution
+from distill3d.shading import DEFAULT_AMBIENT
+
+
+class DistillConfig(BaseModel):
+    """Everything the loop needs besides the field, the prior, the prompt and the guidance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = 1000
+    # Adam as in Instant-NGP / threestudio: hash tables learn 10x faster than the MLP, beta2 0.99, eps 1e-15.
+    lr_encoding: float = 1e-2
+    lr_mlp: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+    max_grad_norm: float | None = None
+    views_per_step: int = 1
+    render_size: int | None = None  # None: prior.resolution
+    n_samples: int = 64
+    camera: CameraDistribution = Field(default_factory=CameraDistribution)
+    view_dependent_prompts: bool = True
+    # Shading schedule (DreamFusion 3.1/3.2): albedo only at first, then random among the modes with random light.
+    albedo_only_fraction: float = 0.1
+    shading_probs: dict[str, float] = Field(
+        default_factory=lambda: {"albedo": 0.2, "lambertian": 0.4, "textureless": 0.4})
+    light_spread_deg: float = 45.0
+    ambient: float = DEFAULT_AMBIENT
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # white, as the toy prior's training images
+    # Loss weights: the one place named terms are weighted (see losses.weighted_total).
+    lambda_sds: float = 1.0
+    lambda_orient: float = 1e-2
+    lambda_opacity: float = 1e-3
+    opacity_loss: str = "sqrt"  # "sqrt" | "entropy"
+    extra_lambdas: dict[str, float] = Field(default_factory=dict)  # e.g. {"vsd": 1.0} for guidance terms loss_vsd
+    # Empty-space skipping (OccupancyCache): grid refreshed every occupancy_every steps.
+    occupancy: bool = True
+    occupancy_every: int = 16
+    occupancy_threshold: float = 0.01
+    checkpoint_every: int = 200
+
+    @field_validator("shading_probs")
+    @classmethod
+    def _check_probs(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = set(v) - {"albedo", "lambertian", "textureless"}
+        if bad or not v or min(v.values()) < 0 or sum(v.values()) <= 0:
+            raise ValueError(f"shading_probs must map albedo/lambertian/textureless to weights >= 0, got {v}")
+        return v
+
+    def lambdas(self) -> dict[str, float]:
+        """Weights keyed by loss name (``loss_sds`` ...)."""
+        out = {"loss_sds": self.lambda_sds, "loss_orient": self.lambda_orient, "loss_opacity": self.lambda_opacity}
+        out.update({f"loss_{k}": v for k, v in self.extra_lambdas.items()})
+        return out

@@ -1,0 +1,227 @@
+"""The `distill3d` command line.
+
+    distill3d generate --method dreamfusion --prompt "a red cube" --out out/red_cube [--steps N] [--seed S]
+                       [--device cpu|cuda] [--guidance-scale W] [--prior DIR] [--params params.yaml] [--set k=v]
+    distill3d evaluate --asset out/red_cube --prompt "a red cube" [--out metrics.json]
+    distill3d toyworld gt --prompt "a red cube" --out gt.glb
+
+`tasks` is imported first (it sets Prefect's environment); Prefect itself is imported only when a stage must run.
+Bad input prints one line `error: ...` on stderr and exits with code 2, leaving no partial output.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import tasks  # noqa: F401  (first: sets PREFECT_HOME etc. before anything imports prefect)
+import typer
+from flows.plan import METHODS, chain_manifest, default_params_file, plan
+from stages.common import (
+    StageError,
+    atomic_dir,
+    execute,
+    get_stage,
+    load_params,
+    parse_override,
+    read_params_file,
+    set_dotted,
+)
+
+# CLI options that are shorthands for stage params (the stage's field names)
+SHORTCUTS = {"steps": "nerf_sds.optimize.steps", "guidance_scale": "nerf_sds.guidance.guidance_scale"}
+ASSET_FILES = ("mesh.glb", "turntable.gif", "views.png")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Text-to-3D by score distillation, as cached stages.")
+toyworld_app = typer.Typer(no_args_is_help=True, help="The toy world: ground truth for toy prompts.")
+app.add_typer(toyworld_app, name="toyworld")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(2)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn user errors (StageError, PromptError, PriorError, validation ValueErrors) into one line + exit 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StageError, ValueError, FileNotFoundError) as exc:
+            raise fail(str(exc) or type(exc).__name__) from None
+
+    return wrapper
+
+
+def section_overrides(items: list[str], shortcuts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """['nerf_sds.steps=10', ...] + {'steps': 10} -> {'nerf_sds': {'steps': 10}} (dotted keys kept dotted)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in shortcuts.items():
+        if value is not None:
+            section, _, key = SHORTCUTS[name].partition(".")
+            out.setdefault(section, {})[key] = value
+    for item in items:
+        dotted, value = parse_override(item)
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise StageError(f"--set {item!r}: the key must start with a stage, e.g. nerf_sds.steps=100")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def default_prior(params_file: Path | None) -> Path:
+    """params.yaml's `prior.path`, else models/toy_prior."""
+    whole = read_params_file(params_file) if params_file else {}
+    path = (whole.get("prior") or {}).get("path") if isinstance(whole.get("prior"), dict) else None
+    return Path(path or "models/toy_prior")
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_file() and rel.as_posix() != "manifest.json":
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst / rel)
+
+
+def assemble(outputs: dict[str, str], out: Path, info: dict[str, Any]) -> None:
+    """Write `out` atomically: the export stage's files, evaluate's metrics.json, and a manifest of the chain."""
+    asset = Path(outputs["export_asset"])
+    missing = [f for f in ASSET_FILES if not (asset / f).is_file()]
+    if missing:
+        raise StageError(f"export_asset output {asset} lacks {', '.join(missing)}")
+    with atomic_dir(out) as tmp:
+        _copy_tree(asset, tmp)
+        if "evaluate" in outputs and (Path(outputs["evaluate"]) / "metrics.json").is_file():
+            shutil.copy2(Path(outputs["evaluate"]) / "metrics.json", tmp / "metrics.json")
+        manifest = {**info, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "stages": chain_manifest(outputs)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@app.command()
+@friendly
+def generate(
+    prompt: Annotated[str, typer.Option(help="text prompt, e.g. 'a red cube'")],
+    out: Annotated[Path, typer.Option(help="output directory (mesh.glb, turntable.gif, views.png, manifest.json)")],
+    method: Annotated[str, typer.Option(help=f"one of: {', '.join(METHODS)}")] = "dreamfusion",
+    steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    guidance_scale: Annotated[Optional[float], typer.Option(help=f"CFG weight ({SHORTCUTS['guidance_scale']})")] = None,
+    prior: Annotated[Optional[Path], typer.Option(help="prior folder: the toy prior or a diffusers SD folder "
+                                                  "(default: params.yaml's prior.path, else models/toy_prior)")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
+) -> None:
+    """Generate a 3D asset from a prompt; stages already computed for the same inputs are reused."""
+    if device not in ("cpu", "cuda"):
+        raise StageError(f"--device must be cpu or cuda, not {device!r}")
+    overrides = section_overrides(set_ or [], {"steps": steps, "guidance_scale": guidance_scale})
+    pfile = params or default_params_file()
+    prior = prior or default_prior(pfile)
+    planned = plan(prompt, prior, overrides, seed, device, pfile, method)  # validates everything, no Prefect
+    info = {"method": method, "prompt": prompt, "seed": seed, "device": device, "prior": str(prior),
+            "params_file": str(pfile) if pfile else None, "overrides": overrides, "cached": planned.complete}
+    if planned.complete:
+        outputs = planned.outputs  # fast path: every stage is in the store, Prefect never starts
+    else:
+        outputs = _run_flow(method, prompt=prompt, prior=str(prior), params=overrides, seed=seed, device=device,
+                            params_file=str(pfile) if pfile else None)
+    assemble(outputs, out, info)
+    typer.echo(f"{'cached' if planned.complete else 'done'}: {out}", err=True)
+
+
+class _NoPrefectErrors(logging.Filter):
+    """Prefect logs a failing task with its traceback; the CLI reports the error itself (one line for user
+    errors, a traceback for bugs). The records still reach Prefect's API (and UI, with a server)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
+
+
+def _run_flow(method: str, **kwargs: Any) -> dict[str, str]:
+    flow = getattr(importlib.import_module(f"flows.{method}"), method)  # imports prefect (~10 s first call)
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.addFilter(_NoPrefectErrors())
+    return flow(**kwargs)
+
+
+@app.command()
+@friendly
+def evaluate(
+    asset: Annotated[Path, typer.Option(help="an asset directory (with mesh.glb) or a .glb file")],
+    prompt: Annotated[str, typer.Option(help="the toy-world prompt the asset should show")],
+    out: Annotated[Optional[Path], typer.Option(help="write the metrics as JSON here")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value override of the evaluate params")] = None,
+) -> None:
+    """Score an asset against the toy world's ground truth for the prompt."""
+    module = get_stage("evaluate")
+    overrides: dict[str, Any] = {"prompt": prompt} if "prompt" in module.Params.model_fields else {}
+    for item in set_ or []:
+        set_dotted(overrides, *parse_override(item))
+    p = load_params(module, params or default_params_file(), "evaluate", overrides)
+    if not asset.exists():
+        raise StageError(f"asset not found: {asset}")
+    with tempfile.TemporaryDirectory(prefix="distill3d-eval-") as tmp:
+        asset_dir = asset
+        if asset.is_file():
+            asset_dir = Path(tmp) / "asset"
+            asset_dir.mkdir()
+            shutil.copy2(asset, asset_dir / "mesh.glb")
+        result = execute(module, p, {module.INPUTS[0]: asset_dir}, Path(tmp) / "out")
+        metrics = json.loads((result / "metrics.json").read_text())
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        staged.write_text(text + "\n")
+        os.replace(staged, out)
+    typer.echo(text)
+
+
+@toyworld_app.command("gt")
+@friendly
+def toyworld_gt(
+    prompt: Annotated[str, typer.Option(help="toy-world prompt, e.g. 'a blue striped torus'")],
+    out: Annotated[Path, typer.Option(help="output .glb file")],
+) -> None:
+    """Write the toy world's ground-truth mesh for a prompt as GLB."""
+    from distill3d.toyworld.vocab import parse_prompt
+
+    spec = parse_prompt(prompt)  # PromptError (one line) before the heavier imports
+    from distill3d.mesh.gltf import save_glb
+    from distill3d.toyworld.gt_mesh import gt_mesh
+
+    mesh = gt_mesh(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.glb'}")
+    try:
+        save_glb(mesh, staged)
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    typer.echo(f"wrote {out}", err=True)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

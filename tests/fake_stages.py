@@ -1,0 +1,126 @@
+"""Fake nerf_sds / extract_mesh / export_asset / evaluate stages for testing the plumbing (no torch, ~ms each).
+
+`register()` installs them through the lazy import hook (stages.common.register_stage); every run is appended to
+$FAKE_STAGE_LOG so tests can tell runs from cache hits, also across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import types
+import zlib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from stages.common import StageParams, register_stage, unregister_stage, work_dir
+
+NAMES = ("nerf_sds", "extract_mesh", "export_asset", "evaluate")
+
+
+def _png_1x1() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + chunk(b"IEND", b"")
+
+
+PNG_1x1 = _png_1x1()
+
+
+def _log(name: str) -> None:
+    if os.environ.get("FAKE_STAGE_LOG"):
+        with open(os.environ["FAKE_STAGE_LOG"], "a") as f:
+            f.write(name + "\n")
+
+
+class Optimize(BaseModel):
+    model_config = {"extra": "forbid"}
+    steps: int = Field(10, ge=1)
+
+
+class NerfParams(StageParams):
+    prompt: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    optimize: Optimize = Optimize()
+
+
+def nerf_check(params, inputs):
+    from distill3d.toyworld.vocab import check_prompt
+
+    check_prompt(params.prompt)  # PromptError (a ValueError) before anything runs
+
+
+def nerf_run(params, inputs, out: Path):
+    _log("nerf_sds")
+    work = work_dir("nerf_sds", params, inputs)  # checkpoints for resume live here until the output is complete
+    (work / "checkpoint.txt").write_text("step 5")
+    (out / "nerf.json").write_text(json.dumps({"prompt": params.prompt, "seed": params.seed, "steps": params.optimize.steps}))
+    return {"loss": 0.1}
+
+
+class MeshParams(StageParams):
+    resolution: int = 32
+
+
+def mesh_run(params, inputs, out: Path):
+    _log("extract_mesh")
+    (out / "mesh.obj").write_text((inputs["nerf"] / "nerf.json").read_text() + str(params.resolution))
+    return {}
+
+
+class ExportParams(StageParams):
+    texture_size: int = 64
+
+
+def export_run(params, inputs, out: Path):
+    _log("export_asset")
+    (out / "mesh.glb").write_bytes(b"glTF" + (inputs["mesh"] / "mesh.obj").read_bytes())
+    (out / "turntable.gif").write_bytes(b"GIF89a")
+    (out / "views.png").write_bytes(PNG_1x1)
+    return {}
+
+
+class EvalParams(StageParams):
+    prompt: str = ""
+
+
+def eval_run(params, inputs, out: Path):
+    _log("evaluate")
+    (out / "metrics.json").write_text(json.dumps({"iou": 0.9, "prompt": params.prompt}))
+    return {"iou": 0.9}
+
+
+def _module(name, inputs, params, run, check=None) -> types.ModuleType:
+    m = types.ModuleType(f"fake_stages.{name}")
+    m.__file__ = __file__  # code_version hashes this file
+    m.NAME, m.INPUTS, m.Params, m.run = name, inputs, params, run
+    if check:
+        m.check = check
+    return m
+
+
+MODULES = {
+    "nerf_sds": _module("nerf_sds", ("prior",), NerfParams, nerf_run, nerf_check),
+    "extract_mesh": _module("extract_mesh", ("nerf",), MeshParams, mesh_run),
+    "export_asset": _module("export_asset", ("mesh", "nerf"), ExportParams, export_run),
+    "evaluate": _module("evaluate", ("asset",), EvalParams, eval_run),
+}
+
+
+def register() -> None:
+    for module in MODULES.values():
+        register_stage(module)
+
+
+def unregister() -> None:
+    for name in NAMES:
+        unregister_stage(name)
+
+
+def runs(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []

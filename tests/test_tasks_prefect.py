@@ -1,0 +1,128 @@
+"""Prefect plumbing with fake stages: task caching by stage key, the dreamfusion flow, and the fast path.
+
+All Prefect tests live in this module and share one temporary DISTILL3D_HOME/PREFECT_HOME: a fresh PREFECT_HOME
+costs ~18 s of database migrations, each later flow run ~1 s in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import fake_stages
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a red cube"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prefect")
+    names = ["DISTILL3D_HOME", "PREFECT_HOME", "DISTILL3D_PARAMS", "FAKE_STAGE_LOG"]
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ["DISTILL3D_HOME"] = str(root / "home")
+    os.environ["PREFECT_HOME"] = str(root / "home" / "prefect")
+    os.environ["DISTILL3D_PARAMS"] = str(root / "params.yaml")
+    os.environ["FAKE_STAGE_LOG"] = str(root / "runs.log")
+    (root / "params.yaml").write_text("extract_mesh:\n  resolution: 16\n")
+    (root / "prior").mkdir()
+    (root / "prior" / "w.bin").write_bytes(b"toy weights")
+    import tasks.env
+
+    tasks.env.configure()  # re-reads the environment if prefect was imported already
+    fake_stages.register()
+    yield root
+    fake_stages.unregister()
+    for n, v in saved.items():
+        if v is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = v
+    tasks.env.configure()
+
+
+def runs(home: Path) -> list[str]:
+    return fake_stages.runs(home / "runs.log")
+
+
+def test_stage_task_caches_by_stage_key_and_misses_when_store_dir_is_gone(home):
+    from prefect import flow
+
+    from stages.common import get_stage
+    from tasks.stage_task import stage_task
+
+    @flow
+    def one_stage(prior: str, steps: int):
+        run = stage_task(get_stage("nerf_sds"))
+        return run(params={"prompt": PROMPT, "optimize": {"steps": steps}}, inputs={"prior": prior}, return_state=True)
+
+    before = len(runs(home))
+    first = one_stage(str(home / "prior"), 7)
+    assert first.name == "Completed" and len(runs(home)) == before + 1
+    out = Path(first.result())
+    assert out.parent == home / "home" / "store" / "nerf_sds" and (out / "manifest.json").is_file()
+
+    copy = home / "prior_copy"  # same content elsewhere: same key
+    shutil.copytree(home / "prior", copy)
+    second = one_stage(str(copy), 7)
+    assert second.name == "Cached" and second.result() == str(out) and len(runs(home)) == before + 1
+
+    shutil.rmtree(out)  # a deleted output is a miss, then cached again
+    third = one_stage(str(home / "prior"), 7)
+    assert third.name == "Completed" and (out / "manifest.json").is_file() and len(runs(home)) == before + 2
+    assert one_stage(str(home / "prior"), 7).name == "Cached"
+    assert one_stage(str(home / "prior"), 8).name == "Completed"  # other params: other key
+
+
+def test_dreamfusion_flow_matches_plan_and_generate_takes_the_fast_path(home, tmp_path):
+    from flows.dreamfusion import dreamfusion
+    from flows.plan import plan
+
+    prior = str(home / "prior")
+    assert not plan(PROMPT, prior, {"nerf_sds": {"optimize.steps": 3}}).complete
+    t0 = time.perf_counter()
+    outputs = dreamfusion(PROMPT, prior=prior, params={"nerf_sds": {"optimize.steps": 3}})
+    first_seconds = time.perf_counter() - t0
+    assert list(outputs) == ["nerf_sds", "extract_mesh", "export_asset", "evaluate"]
+    mesh_manifest = json.loads((Path(outputs["extract_mesh"]) / "manifest.json").read_text())
+    assert mesh_manifest["params"] == {"resolution": 16}  # from DISTILL3D_PARAMS
+
+    planned = plan(PROMPT, prior, {"nerf_sds": {"optimize.steps": 3}})
+    assert planned.complete and planned.outputs == outputs  # the flow and the planner agree on every key
+
+    # a repeated identical generate: a fresh process that never imports prefect and copies the outputs
+    before = len(runs(home))
+    script = textwrap.dedent(f"""
+        import sys, time
+        t0 = time.perf_counter()
+        import fake_stages; fake_stages.register()
+        from flows.cli import app
+        try:
+            app(["generate", "--prompt", {PROMPT!r}, "--prior", {prior!r}, "--steps", "3", "--out", "out"])
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+        assert "prefect" not in sys.modules, "the fast path imported prefect"
+        print(time.perf_counter() - t0)
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(runs(home)) == before
+    fast_seconds = float(r.stdout.split()[-1])
+    assert fast_seconds < 2.0, fast_seconds  # vs ~10 s of Prefect start-up alone
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mesh.glb", "metrics.json", "turntable.gif",
+                                                     "views.png"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cached"] is True and manifest["prompt"] == PROMPT
+    assert manifest["stages"]["nerf_sds"]["params"]["optimize"]["steps"] == 3
+    assert not list((home / "home" / "work" / "nerf_sds").iterdir())  # checkpoints dropped once complete
+    print(f"flow {first_seconds:.2f} s, cached generate {fast_seconds:.2f} s")
