@@ -4,6 +4,8 @@
                        [--device cpu|cuda] [--guidance-scale W] [--prior DIR] [--params params.yaml] [--set k=v]
     distill3d evaluate --asset out/red_cube --prompt "a red cube" [--out metrics.json]
     distill3d toyworld gt --prompt "a red cube" --out gt.glb
+    distill3d batch --prompts prompts.txt --out out/batch [--method M] [--concurrency N] [--deployment D]
+    distill3d generate ... --from-stage extract_mesh   (re-run that stage and the ones after it)
 
 `tasks` is imported first (it sets Prefect's environment); Prefect itself is imported only when a stage must run.
 Bad input prints one line `error: ...` on stderr and exits with code 2, leaving no partial output.
@@ -126,6 +128,12 @@ def generate(
                                                   "(default: params.yaml's prior.path, else models/toy_prior)")] = None,
     params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
+    from_stage: Annotated[Optional[str], typer.Option(help="re-run this stage and all after it even if cached "
+                                                      "(e.g. extract_mesh); earlier stages are reused")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="seed the chain from an earlier run: a generate output "
+                                                     "dir, a stage output dir or a stage key (textmesh)")] = None,
+    init_mode: Annotated[str, typer.Option(help="with --init-from: 'refine' reuses its geometry, 'sdf' starts "
+                                           "the SDF from its mesh")] = "refine",
 ) -> None:
     """Generate a 3D asset from a prompt; stages already computed for the same inputs are reused."""
     if device not in ("cpu", "cuda"):
@@ -133,14 +141,33 @@ def generate(
     overrides = section_overrides(set_ or [], {"steps": steps, "guidance_scale": guidance_scale})
     pfile = params or default_params_file()
     prior = prior or default_prior(pfile)
-    planned = plan(prompt, prior, overrides, seed, device, pfile, method)  # validates everything, no Prefect
+    init = None
+    if init_from is not None:
+        from flows.init import init_artifacts
+
+        init = init_artifacts(init_from, init_mode)
+    planned = plan(prompt, prior, overrides, seed, device, pfile, method, init=init)  # validates all, no Prefect
     info = {"method": method, "prompt": prompt, "seed": seed, "device": device, "prior": str(prior),
             "params_file": str(pfile) if pfile else None, "overrides": overrides, "cached": planned.complete}
+    if init:
+        info["init"] = init
+    if from_stage:  # forced re-run of from_stage and downstream (flows/batch.py: rerun_from)
+        names = [s.name for s in planned.steps]
+        if from_stage not in names:
+            raise StageError(f"--from-stage {from_stage!r} is not a stage of {method} for this prompt; "
+                             f"choose one of {names}")
+        info.update(cached=False, from_stage=from_stage)
+        outputs = _run_flow("batch", flow_name="rerun_from", method=method, from_stage=from_stage, prompt=prompt,
+                            prior=str(prior), params=overrides, seed=seed, device=device,
+                            params_file=str(pfile) if pfile else None)
+        assemble(outputs, out, info)
+        typer.echo(f"done (from {from_stage}): {out}", err=True)
+        return
     if planned.complete:
         outputs = planned.outputs  # fast path: every stage is in the store, Prefect never starts
     else:
         outputs = _run_flow(method, prompt=prompt, prior=str(prior), params=overrides, seed=seed, device=device,
-                            params_file=str(pfile) if pfile else None)
+                            params_file=str(pfile) if pfile else None, **({"init": init} if init else {}))
     assemble(outputs, out, info)
     typer.echo(f"{'cached' if planned.complete else 'done'}: {out}", err=True)
 
@@ -153,12 +180,56 @@ class _NoPrefectErrors(logging.Filter):
         return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
 
 
-def _run_flow(method: str, **kwargs: Any) -> dict[str, str]:
-    flow = getattr(importlib.import_module(f"flows.{method}"), method)  # imports prefect (~10 s first call)
+def _run_flow(module: str, /, flow_name: str | None = None, **kwargs: Any) -> Any:
+    # imports prefect (~10 s first call); the flow is flows.<module>.<flow_name or module>
+    flow = getattr(importlib.import_module(f"flows.{module}"), flow_name or module)
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.addFilter(_NoPrefectErrors())
     return flow(**kwargs)
+
+
+@app.command()
+@friendly
+def batch(
+    prompts: Annotated[Path, typer.Option(help="prompt source: a .txt or .csv file, or a folder of them; rows may "
+                                          "set method=, seed=, name= and STAGE.key=value (flows/prompts_source.py)")],
+    out: Annotated[Path, typer.Option(help="output folder: one asset folder per prompt + index.html gallery")],
+    method: Annotated[str, typer.Option(help=f"default method of the rows: {', '.join(METHODS)}")] = "dreamfusion",
+    concurrency: Annotated[int, typer.Option(min=1, help="prompts generated at once (>1: a process each, or "
+                                             "flow runs on the work pool with --deployment)")] = 1,
+    steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
+    seed: Annotated[int, typer.Option(help="default seed of the rows")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    prior: Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value for every row (repeatable)")] = None,
+    deployment: Annotated[Optional[str], typer.Option(help="run each prompt as a run of this deployment on the work "
+                                                      "pool, e.g. generate-asset/asset (needs PREFECT_API_URL)")] = None,
+) -> None:
+    """Generate an asset per prompt of a file or folder, then an offline gallery (OUT/index.html).
+
+    A bad prompt fails alone (its reason is in the gallery and OUT/summary.json); exit code 1 if any failed."""
+    if device not in ("cpu", "cuda"):
+        raise StageError(f"--device must be cpu or cuda, not {device!r}")
+    overrides = section_overrides(set_ or [], {"steps": steps, "guidance_scale": None})
+    pfile = params or default_params_file()
+    prior = prior or default_prior(pfile)
+    if not Path(prior).exists():
+        raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
+    from flows.prompts_source import run_batch  # runs flows.batch.batch only when something must run
+
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.addFilter(_NoPrefectErrors())
+    result = run_batch(prompts, out, method=method, seed=seed, params=overrides, prior=str(prior), device=device,
+                       params_file=pfile, concurrency=concurrency, deployment=deployment)
+    for e in result["entries"]:
+        detail = e["out"] if e["status"] != "failed" else e["reason"]
+        typer.echo(f"{e['status']:>6}  {e['prompt']}  ({e['source']}): {detail}", err=True)
+    typer.echo(f"{result['ok']} ok, {result['failed']} failed: {result['gallery']}", err=True)
+    if result["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command()

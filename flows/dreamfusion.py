@@ -20,7 +20,7 @@ from typing import Any
 import tasks  # noqa: F401  (sets Prefect's environment before prefect is imported)
 from flows.plan import check_overrides, default_params_file, is_toy_prompt, stage_params
 from prefect import flow
-from stages.common import StageError, get_stage
+from stages.common import StageError, all_inputs, get_stage
 from tasks.artifacts import publish_outputs
 from tasks.stage_task import stage_task
 
@@ -34,10 +34,10 @@ class _Stages:
     def __call__(self, name: str, **artifacts: str) -> str:
         module = get_stage(name)
         params = stage_params(name, self.runtime, self.overrides, self.params_file)
-        missing = [n for n in module.INPUTS if n not in artifacts]
+        missing = [n for n in module.INPUTS if artifacts.get(n) is None]
         if missing:
             raise StageError(f"stage {name} needs inputs {missing}")
-        inputs = {n: str(artifacts[n]) for n in module.INPUTS}
+        inputs = {n: str(artifacts[n]) for n in all_inputs(module) if artifacts.get(n) is not None}
         run = stage_task(module, retries=self.retries)
         return run(params=params.model_dump(mode="json"), inputs=inputs)
 

@@ -20,6 +20,7 @@ from typing import Any
 from stages.common import (
     StageError,
     StageParams,
+    all_inputs,
     artifact_name,
     get_stage,
     is_complete,
@@ -32,6 +33,13 @@ from tasks.env import store_dir
 # method -> its stages in order (each stage's INPUTS are looked up among the artifacts made before it)
 METHODS: dict[str, tuple[str, ...]] = {
     "dreamfusion": ("nerf_sds", "extract_mesh", "export_asset", "evaluate"),
+    "textmesh": ("sdf_nerf", "extract_mesh", "render_canonical_views", "pseudo_gt", "texture_finetune",
+                 "export_asset", "evaluate"),
+}
+# method -> its geometry stages that `init` artifacts (e.g. --init-from a DreamFusion run) replace: such a stage is
+# skipped when the artifact it makes is given, and the given one is used downstream.
+INIT_REPLACES: dict[str, tuple[str, ...]] = {
+    "textmesh": ("sdf_nerf", "extract_mesh"),
 }
 # flow arguments that reach every stage whose Params declares a field of that name
 RUNTIME_FIELDS = ("prompt", "seed", "device")
@@ -117,8 +125,13 @@ def plan(
     device: str = "cpu",
     params_file: Path | None = None,
     method: str = "dreamfusion",
+    init: Mapping[str, str | Path] | None = None,
 ) -> Plan:
     """Resolve and validate every stage of `method` and check the store, without running or importing Prefect.
+
+    `init` {artifact: dir} seeds the chain (see INIT_REPLACES and `init_artifacts`): stages of INIT_REPLACES whose
+    artifact is given are skipped; other given artifacts (e.g. `init_mesh`) reach the stages that take them.
+    Optional inputs (a stage's OPTIONAL_INPUTS) are wired whenever an earlier stage or `init` made them.
 
     `params_file` None means `default_params_file()`, as in the flow. Raises StageError (one line) for bad params,
     unknown stages or a missing prior, before anything runs.
@@ -134,16 +147,21 @@ def plan(
     runtime = {"prompt": prompt, "seed": seed, "device": device}
     toy = is_toy_prompt(prompt)
     available: dict[str, Path | None] = {"prior": Path(prior)}
+    available.update({k: Path(v) for k, v in (init or {}).items()})
+    replaced = init_replaced(method, init or {})
     result = Plan(method=method, prompt=prompt)
     for name in METHODS[method]:
         if name in TOY_ONLY and not toy:
             continue
         module = get_stage(name)
+        if name in replaced:
+            continue
         p = stage_params(name, runtime, params, params_file)
         missing = [n for n in module.INPUTS if n not in available]
         if missing:
             raise StageError(f"stage {name} needs {missing}, which no earlier stage of {method} makes")
-        step = Step(name=name, params=p, inputs={n: available[n] for n in module.INPUTS})  # type: ignore[misc]
+        wired = [n for n in all_inputs(module) if n in available]
+        step = Step(name=name, params=p, inputs={n: available[n] for n in wired})  # type: ignore[misc]
         if all(path is not None for path in step.inputs.values()):
             if hasattr(module, "check"):
                 module.check(p, step.inputs)
@@ -153,6 +171,13 @@ def plan(
         available[artifact_name(module)] = step.out if step.complete else None
         result.steps.append(step)
     return result
+
+
+def init_replaced(method: str, init: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stages of INIT_REPLACES[method] that `init` skips: all up to the last one whose artifact is given."""
+    stages = INIT_REPLACES.get(method, ())
+    given = [i for i, name in enumerate(stages) if artifact_name(get_stage(name)) in init]
+    return stages[: given[-1] + 1] if given else ()
 
 
 def chain_manifest(plan_or_outputs: Plan | Mapping[str, str]) -> dict[str, Any]:

@@ -4,6 +4,8 @@ A stage is a module with::
 
     NAME = "nerf_sds"
     INPUTS = ("prior",)                     # artifact names it reads (see ARTIFACTS)
+    OPTIONAL_INPUTS = ("init_mesh",)        # optional: artifacts it uses when given (hashed into the key only then)
+    ARTIFACT = "nerf"                       # optional: the artifact name of its output (default: ARTIFACTS / NAME)
     class Params(StageParams): ...          # pydantic, extra fields forbidden
     def run(params, inputs: dict[str, Path], out: Path) -> dict: ...   # writes into `out`, returns manifest extras
     def check(params, inputs) -> None: ...  # optional: cheap validation before anything runs (no torch imports)
@@ -49,6 +51,8 @@ ARTIFACTS: dict[str, str] = {
     "mesh": "extract_mesh",
     "asset": "export_asset",
     "metrics": "evaluate",
+    "canonical": "render_canonical_views",
+    "pseudo_gt": "pseudo_gt",
 }
 
 
@@ -326,16 +330,23 @@ def code_version(stage_module: ModuleType) -> str:
 def input_hashes(stage_module: ModuleType, inputs: Mapping[str, Path | str]) -> dict[str, str]:
     """{name: content hash} for the stage's declared inputs (StageError naming a missing one and its maker)."""
     check_inputs(stage_module, inputs)
-    return {name: dir_content_hash(Path(inputs[name])) for name in stage_module.INPUTS}
+    return {name: dir_content_hash(Path(inputs[name])) for name in all_inputs(stage_module) if name in inputs}
+
+
+def all_inputs(stage_module: ModuleType) -> tuple[str, ...]:
+    """INPUTS then OPTIONAL_INPUTS (artifacts a stage uses when given, e.g. export_asset's colour field)."""
+    return tuple(stage_module.INPUTS) + tuple(getattr(stage_module, "OPTIONAL_INPUTS", ()))
 
 
 def check_inputs(stage_module: ModuleType, inputs: Mapping[str, Path | str]) -> None:
-    extra = sorted(set(inputs) - set(stage_module.INPUTS))
+    extra = sorted(set(inputs) - set(all_inputs(stage_module)))
     if extra:
-        raise StageError(f"stage {stage_module.NAME} takes inputs {list(stage_module.INPUTS)}, not {extra}")
-    for name in stage_module.INPUTS:
+        raise StageError(f"stage {stage_module.NAME} takes inputs {list(all_inputs(stage_module))}, not {extra}")
+    for name in all_inputs(stage_module):
         maker = ARTIFACTS.get(name, "an upstream stage")
         if name not in inputs:
+            if name not in stage_module.INPUTS:
+                continue  # optional
             raise StageError(f"stage {stage_module.NAME} needs input {name!r} (made by stage {maker}): pass --in {name}=DIR")
         if not Path(inputs[name]).exists():
             raise StageError(

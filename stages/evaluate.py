@@ -14,6 +14,10 @@ from stages.common import StageError, StageParams
 
 NAME = "evaluate"
 INPUTS = ("asset",)
+# Optional: the textured mesh before texture fine-tuning (render_canonical_views' output, TextMesh). Its scores go
+# into metrics["before"] and metrics["texture_improvement"] = before colour error - after colour error.
+OPTIONAL_INPUTS = ("canonical",)
+BEFORE_KEYS = ("iou_mean", "colour_error_lab", "colour_correct")
 
 
 class Params(StageParams):
@@ -40,5 +44,13 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
 
     metrics = evaluate_asset(load_asset(inputs["asset"]), params.prompt, size=params.size, n_ring=params.n_ring,
                              elevation=params.elevation, clip_model=params.clip_model)
+    if "canonical" in inputs:
+        before = evaluate_asset(load_asset(inputs["canonical"]), params.prompt, size=params.size,
+                                n_ring=params.n_ring, elevation=params.elevation, clip_model=None)
+        metrics["before"] = {k: before[k] for k in BEFORE_KEYS}
+        after_err, before_err = metrics["colour_error_lab"], before["colour_error_lab"]
+        metrics["texture_improvement"] = (None if after_err is None or before_err is None
+                                          else before_err - after_err)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return {k: metrics[k] for k in ("iou_mean", "colour_error_lab", "colour_correct", "chamfer") if k in metrics}
+    keys = ("iou_mean", "colour_error_lab", "colour_correct", "chamfer", "before", "texture_improvement")
+    return {k: metrics[k] for k in keys if k in metrics}

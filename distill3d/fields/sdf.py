@@ -49,7 +49,7 @@ class SDFConfig:
     """SDF field hyper-parameters (defaults sized like ``FieldConfig`` for 32x32 CPU renders)."""
 
     encoding: HashGridConfig = field(default_factory=lambda: HashGridConfig(
-        n_levels=8, features_per_level=2, log2_hashmap_size=16, base_resolution=16, max_resolution=128))
+        n_levels=6, features_per_level=2, log2_hashmap_size=16, base_resolution=16, max_resolution=64))
     hidden_width: int = 32
     hidden_layers: int = 1
     init: str = "sphere"  # "sphere": s_init = |x| - init_radius | "none": s_init = 0

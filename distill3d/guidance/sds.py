@@ -12,19 +12,18 @@ whose gradient w.r.t. x_0 is exactly g / B (sum over pixels, mean over the batch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from distill3d.priors.base import Prior, TextEmbeddings
 
 Weighting = Literal["dreamfusion", "uniform", "fantasia3d"]
 
 
-@dataclass
-class SDSConfig:
+class SDSConfig(BaseModel):
     """SDS hyper-parameters.
 
     t is drawn uniformly from [t_min, t_max(progress)] * T. With ``t_anneal`` set, t_max goes linearly from
@@ -34,16 +33,18 @@ class SDSConfig:
     grad_clip: clamp each element of g to [-grad_clip, grad_clip] (None: off). The nan guard zeroes non-finite g.
     """
 
-    guidance_scale: float = 100.0
-    t_min: float = 0.02
-    t_max: float = 0.98
-    t_anneal: float | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    guidance_scale: float = Field(100.0, ge=0.0)
+    t_min: float = Field(0.02, ge=0.0, le=1.0)
+    t_max: float = Field(0.98, gt=0.0, le=1.0)
+    t_anneal: float | None = Field(None, gt=0.0, le=1.0)
     weighting: Weighting = "dreamfusion"
-    grad_clip: float | None = None
+    grad_clip: float | None = Field(None, gt=0.0)
     nan_guard: bool = True
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def t_range(cfg: SDSConfig, progress: float) -> tuple[float, float]:

@@ -13,7 +13,7 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = 1000
+    steps: int = Field(1000, ge=1)
     # Adam as in Instant-NGP / threestudio: hash tables learn 10x faster than the MLP, beta2 0.99, eps 1e-15.
     lr_encoding: float = 1e-2
     lr_mlp: float = 1e-3

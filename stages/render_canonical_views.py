@@ -1,0 +1,85 @@
+"""Stage `render_canonical_views`: the mesh with its current texture from TextMesh's 4 canonical views (front,
+right, back, left at one elevation), with masks and depth, tiled 2x2 into one image.
+
+Input `mesh`: any artifact holding a mesh.glb -- a textured asset (e.g. DreamFusion's export_asset output), or an
+untextured mesh (extract_mesh) together with the optional field `nerf`, whose albedo is then baked into a fresh
+xatlas UV atlas (as export_asset does). Output: `mesh.glb` (the textured mesh the views show: the "before" of
+texture fine-tuning, evaluable as an asset), `views.safetensors` (rgb, albedo, mask, depth: (4, H, W, ...)),
+`cameras.json`, `canonical.png` (the 2x2 tile of shaded views) and `masks.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from stages.common import StageError, StageParams
+
+NAME = "render_canonical_views"
+ARTIFACT = "canonical"
+INPUTS = ("mesh",)
+OPTIONAL_INPUTS = ("nerf",)
+
+
+class Params(StageParams):
+    elevation: float = 15.0
+    radius: float = Field(2.6, gt=0)
+    fov: float = Field(40.0, gt=0, lt=180)
+    size: int = Field(64, ge=8)
+    ssaa: int = Field(2, ge=1)
+    texture_size: int = Field(512, ge=16, le=4096)  # when the field's albedo is baked into a new atlas
+
+
+def check(params: Params, inputs: dict[str, Path]) -> None:
+    if not (Path(inputs["mesh"]) / "mesh.glb").is_file():
+        raise StageError(f"input mesh {inputs['mesh']} holds no mesh.glb")
+
+
+def textured_mesh(mesh, field=None, texture_size: int = 512):
+    """``mesh`` with uv + texture: kept if it has them, else unwrapped and baked from ``field.albedo`` (or from its
+    vertex colours through the nearest vertex, or plain white)."""
+    import torch
+
+    from distill3d.mesh.uv import bake_texture, unwrap
+
+    if mesh.texture is not None and mesh.uv is not None:
+        return mesh
+    if field is not None:
+        colour_fn = field.albedo
+    elif mesh.vertex_colors is not None:
+        verts, cols = mesh.vertices.float(), mesh.vertex_colors.float()
+
+        def colour_fn(p: torch.Tensor) -> torch.Tensor:
+            return cols[torch.cdist(p, verts).argmin(dim=1)]
+    else:
+        def colour_fn(p: torch.Tensor) -> torch.Tensor:
+            return torch.ones_like(p)
+    with torch.no_grad():
+        return bake_texture(unwrap(mesh, resolution=texture_size), colour_fn, size=texture_size)
+
+
+def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    import json
+
+    from safetensors.torch import save_file
+
+    from distill3d.fields.loading import load_field
+    from distill3d.mesh.gltf import load_glb, save_glb
+    from distill3d.texture.canonical import CANONICAL_NAMES, canonical_cameras, render_views, tile_2x2
+    from distill3d.viz.grid import save_grid
+
+    mesh = load_glb(Path(inputs["mesh"]) / "mesh.glb")
+    field = load_field(inputs["nerf"]) if "nerf" in inputs else None
+    mesh = textured_mesh(mesh, field, params.texture_size)
+    save_glb(mesh, out / "mesh.glb")
+    cams = canonical_cameras(params.elevation, params.radius, params.fov)
+    views = render_views(mesh, cams, params.size, ssaa=params.ssaa)
+    save_file({k: v.contiguous() for k, v in views.items()}, str(out / "views.safetensors"))
+    (out / "cameras.json").write_text(json.dumps({
+        "names": list(CANONICAL_NAMES), "azimuth": cams.azimuth.tolist(), "elevation": params.elevation,
+        "radius": params.radius, "fov": params.fov, "size": params.size}, indent=2))
+    save_grid(tile_2x2(views["rgb"])[None], out / "canonical.png", ncols=1)
+    save_grid(tile_2x2(views["mask"])[None], out / "masks.png", ncols=1)
+    return {"coverage": [float(m.mean()) for m in views["mask"]], "faces": int(mesh.faces.shape[0]),
+            "texture_source": "mesh" if field is None else "field"}

@@ -1,0 +1,158 @@
+"""Batch plumbing without Prefect: prompt sources (text, CSV, folders, per-row errors), row validation against the
+stages and the prior, the gallery, and `distill3d batch`'s all-cached fast path (fake stages, ~ms each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import fake_stages
+from flows.gallery import write_gallery
+from flows.prompts_source import PromptRow, parse_text, read_prompts, validate_row
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_text_rows_with_options_and_per_row_errors():
+    rows = parse_text(textwrap.dedent("""\
+        # comment
+
+        a red cube
+        a blue torus | seed=3 method=dreamfusion nerf_sds.optimize.steps=50 export_asset.turntable_frames=4
+        a green cone | name="Green One" nerf_sds.camera='{"radius": 2}'
+        a cube | seed=abc
+        a cube | steps=3
+        a cube | seed="unclosed
+        """), "p.txt")
+    assert [r.source for r in rows] == ["p.txt:3", "p.txt:4", "p.txt:5", "p.txt:6", "p.txt:7", "p.txt:8"]
+    assert rows[0] == PromptRow(prompt="a red cube", source="p.txt:3")
+    assert (rows[1].seed, rows[1].method) == (3, "dreamfusion")
+    assert rows[1].overrides == {"nerf_sds": {"optimize.steps": 50}, "export_asset": {"turntable_frames": 4}}
+    assert rows[2].name == "green-one" and rows[2].overrides == {"nerf_sds": {"camera": {"radius": 2}}}
+    assert rows[3].error == "seed must be an integer, not 'abc'"
+    assert rows[4].error.startswith("unknown option 'steps'")
+    assert rows[5].error.startswith("cannot read options")
+    assert all(r.error is None for r in rows[:3])
+
+
+def test_csv_rows_folder_order_and_unique_names(tmp_path):
+    (tmp_path / "b.csv").write_text("prompt,seed,nerf_sds.optimize.steps,set\n"
+                                    "a red cube,1,30,extract_mesh.resolution=64\n"
+                                    ",,,\n"
+                                    "a red cube,1,,\n")
+    (tmp_path / "a.txt").write_text("a red cube\n")
+    (tmp_path / "notes.md").write_text("ignored\n")
+    rows = read_prompts(tmp_path)
+    assert [r.source for r in rows] == ["a.txt:1", "b.csv:2", "b.csv:4"]
+    assert rows[1].overrides == {"nerf_sds": {"optimize.steps": 30}, "extract_mesh": {"resolution": 64}}
+    assert [r.name for r in rows] == ["a-red-cube", "a-red-cube-s1", "a-red-cube-s1-2"]
+    settings = rows[1].settings("dreamfusion", 0, {"nerf_sds": {"optimize.steps": 5, "preview_size": 32}})
+    assert settings == {"method": "dreamfusion", "seed": 1,
+                        "params": {"nerf_sds": {"optimize.steps": 30, "preview_size": 32},
+                                   "extract_mesh": {"resolution": 64}}}
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "not found"),
+    (lambda p: p.write_text("# only comments\n\n"), "has no prompts"),
+    (lambda p: p.with_suffix(".csv").write_text("text,seed\nx,1\n"), "needs a 'prompt' column"),
+    (lambda p: p.with_suffix(".csv").write_text("prompt,colour\nx,red\n"), "unknown column(s) ['colour']"),
+])
+def test_unusable_sources_raise_one_line(tmp_path, setup, message):
+    from stages.common import StageError
+
+    path = tmp_path / "p.txt"
+    setup(path)
+    source = path.with_suffix(".csv") if path.with_suffix(".csv").exists() else path
+    with pytest.raises(StageError, match=None) as info:
+        read_prompts(source)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.fixture
+def fake_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL3D_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DISTILL3D_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("FAKE_STAGE_LOG", str(tmp_path / "runs.log"))
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "prior").mkdir()
+    (tmp_path / "prior" / "w.bin").write_bytes(b"w")
+    fake_stages.register()
+    yield tmp_path
+    fake_stages.unregister()
+
+
+def test_validate_row_reports_bad_words_params_and_methods(fake_home):
+    prior = fake_home / "prior"
+    ok, words, param, method = (PromptRow("a red cube", "x:1"), PromptRow("a flying elephant", "x:2"),
+                                PromptRow("a red cube", "x:3", overrides={"nerf_sds": {"optimize.stepz": 1}}),
+                                PromptRow("a red cube", "x:4", method="magic3d"))
+    kw = {"method": "dreamfusion", "seed": 0, "overrides": None, "prior": prior}
+    assert validate_row(ok, **kw) is not None and ok.error is None
+    assert validate_row(words, **kw) is None and "flying" in words.error
+    assert validate_row(param, **kw) is None and param.error.startswith("invalid param nerf_sds.optimize.stepz")
+    assert validate_row(method, **kw) is None and method.error.startswith("unknown method 'magic3d'")
+
+
+def test_gallery_lists_assets_and_failures_offline(tmp_path):
+    (tmp_path / "a-red-cube").mkdir()
+    for f in ("mesh.glb", "turntable.gif", "views.png"):
+        (tmp_path / "a-red-cube" / f).write_bytes(b"x")
+    (tmp_path / "a-red-cube" / "metrics.json").write_text(json.dumps({"iou_mean": 0.91, "chamfer": {"chamfer": 0.1}}))
+    entries = [
+        {"name": "a-red-cube", "prompt": "a red cube", "method": "dreamfusion", "seed": 0, "source": "p:1",
+         "status": "ok", "reason": None, "seconds": 3.2, "out": str(tmp_path / "a-red-cube")},
+        {"name": "bad", "prompt": "a <flying> elephant", "method": "dreamfusion", "seed": 0, "source": "p:2",
+         "status": "failed", "reason": "prompt has words the toy prior does not know: flying", "seconds": None},
+    ]
+    page = write_gallery(entries, tmp_path).read_text()
+    assert 'data-ok="1" data-failed="1"' in page and 'href="a-red-cube/mesh.glb"' in page
+    assert "IoU 0.91" in page and "&lt;flying&gt;" in page and "does not know: flying" in page
+    assert json.loads((tmp_path / "summary.json").read_text())[1]["status"] == "failed"
+
+
+def test_batch_cli_all_cached_takes_the_fast_path_without_prefect(fake_home):
+    """A second `distill3d batch` over cached prompts: no stage runs, Prefect is never imported, bad rows fail."""
+    from stages.common import execute, get_stage
+    from flows.plan import plan
+
+    prior = fake_home / "prior"
+    for prompt in ("a red cube", "a blue torus"):  # fill the store as a first batch would
+        while not (planned := plan(prompt, prior)).complete:
+            step = next(s for s in planned.steps if not s.complete)
+            execute(get_stage(step.name), step.params, step.inputs, step.out)
+    (fake_home / "p.txt").write_text("a red cube\na blue torus\na flying elephant\n")
+    before = fake_stages.runs(fake_home / "runs.log")
+    script = textwrap.dedent(f"""
+        import sys
+        import fake_stages; fake_stages.register()
+        from flows.cli import app
+        try:
+            app(["batch", "--prompts", "p.txt", "--prior", {str(prior)!r}, "--out", "gallery"])
+        except SystemExit as e:
+            print("exit", e.code)
+        assert "prefect" not in sys.modules, "the all-cached batch imported prefect"
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=fake_home, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "exit 1" in r.stdout, r.stderr
+    assert fake_stages.runs(fake_home / "runs.log") == before
+    summary = json.loads((fake_home / "gallery" / "summary.json").read_text())
+    assert [e["status"] for e in summary] == ["cached", "cached", "failed"]
+    assert (fake_home / "gallery" / "a-red-cube" / "mesh.glb").is_file()
+    assert "1 failed" in r.stderr and "flying" in r.stderr
+
+
+def test_batch_cli_rejects_a_missing_source_in_one_line(fake_home):
+    r = CliRunner().invoke(__import__("flows.cli", fromlist=["app"]).app,
+                           ["batch", "--prompts", str(fake_home / "none.txt"), "--prior", str(fake_home / "prior"),
+                            "--out", str(fake_home / "g")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: prompt source") and r.stderr.count("\n") == 1
+    assert not (fake_home / "g").exists()
