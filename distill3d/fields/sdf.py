@@ -172,10 +172,19 @@ class SDFField(nn.Module):
         """x (N, 3) -> unit outward normals (N, 3) = grad s / |grad s|."""
         return self.query(x, normals=True, create_graph=create_graph).normals
 
-    def eikonal_loss(self, n_points: int = 2048, generator: torch.Generator | None = None) -> torch.Tensor:
-        """mean (|grad s(x)| - 1)^2 over ``n_points`` uniform points in the box (differentiable)."""
+    def eikonal_loss(self, n_points: int = 2048, generator: torch.Generator | None = None,
+                     near_surface: float = 0.5) -> torch.Tensor:
+        """mean (|grad s(x)| - 1)^2 over ``n_points`` points (differentiable): a ``near_surface`` share of them are
+        the candidates with the smallest |s| among 4x as many uniform ones (the shell the renderer sees, where a
+        flat SDF would spread VolSDF's density into a fog off the zero level set), the rest uniform in the box."""
         dev = self.log_beta.device
-        x = (torch.rand(n_points, 3, generator=generator).to(dev) * 2 - 1) * self.bound
+        n_near = int(n_points * near_surface)
+        x = (torch.rand(n_points - n_near + 4 * n_near, 3, generator=generator).to(dev) * 2 - 1) * self.bound
+        if n_near > 0:
+            cand = x[n_points - n_near:]
+            with torch.no_grad():
+                idx = self.sdf(cand).abs().topk(n_near, largest=False).indices
+            x = torch.cat([x[: n_points - n_near], cand[idx]])
         _, g = self.sdf_and_gradient(x, create_graph=True)
         return ((g.norm(dim=-1) - 1.0) ** 2).mean()
 
