@@ -39,6 +39,8 @@ $(STAMP): $(SETUP_DEPS)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	BUILD_NO_CUDA=$${BUILD_NO_CUDA:-1} $(PY) -m pip install -q --no-build-isolation nerfacc==0.5.3
+	# pysdf's setup misreads Eigen 3.4's version and would download Eigen: point it at Debian's headers.
+	CPATH=/usr/include/eigen3 $(PY) -m pip install -q pysdf==0.1.9
 	if [ -d tools/gltf ]; then cd tools/gltf && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund); fi
 	touch $(STAMP)
 

@@ -3,32 +3,14 @@ same object line up pixel for pixel and agree on depth."""
 
 import torch
 
+from analytic_fields import SdfDensityField
 from distill3d.cameras import ring_cameras, spherical_cameras
 from distill3d.mesh.render import render_mesh
 from distill3d.metrics.silhouette import iou
 from distill3d.render.volume import render_field
-from distill3d.toyworld import sdf as sdfs
 from distill3d.toyworld.gt_mesh import gt_mesh
 from distill3d.toyworld.render import render_gt
 from distill3d.toyworld.vocab import ObjectSpec
-
-
-class SdfDensityField(torch.nn.Module):
-    """A density field made from a toy-world SDF: sigma = 1000 * sigmoid(-sdf / 0.003)."""
-
-    bound = 1.0
-
-    def __init__(self, spec):
-        super().__init__()
-        self.spec = spec
-
-    def density(self, x):
-        return 1000.0 * torch.sigmoid(-sdfs.sdf(self.spec, x) / 0.003)
-
-    def query(self, x, *, normals=False, create_graph=False):
-        from distill3d.fields.nerf import FieldOutput
-
-        return FieldOutput(self.density(x), sdfs.albedo(self.spec, x), None)
 
 
 def test_mesh_and_ground_truth_agree_on_silhouette_depth_and_colour():
