@@ -10,27 +10,23 @@ keep: (4, H, W)), `pseudo_gt.png` (2x2 tiles: input | refined | pseudo ground tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
 from distill3d.texture.pseudo_gt import PseudoGTConfig
-from stages.common import StageError, StageParams
-from stages.prior_check import check_prompt_for_prior
+from stages.common import StageError
+from stages.prompted import PromptedParams, check_prompted, load_stage_prior
 
 NAME = "pseudo_gt"
 INPUTS = ("canonical", "prior")
 
 
-class Params(StageParams):
-    prompt: str = ""
-    seed: int = 0
-    device: Literal["cpu", "cuda"] = "cpu"
+class Params(PromptedParams):
     refine: PseudoGTConfig = Field(default_factory=PseudoGTConfig)
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
-    check_prompt_for_prior(params.prompt, inputs["prior"])
+    check_prompted(params, inputs)
     if not (Path(inputs["canonical"]) / "views.safetensors").is_file():
         raise StageError(f"input canonical {inputs['canonical']} holds no views.safetensors "
                          "(pass a render_canonical_views output)")
@@ -40,15 +36,12 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from distill3d.priors.loading import load_prior
     from distill3d.texture.canonical import tile_2x2
     from distill3d.texture.pseudo_gt import pseudo_ground_truth
     from distill3d.viz.grid import save_grid
 
-    if params.device == "cuda" and not torch.cuda.is_available():
-        raise StageError("pseudo_gt.device is cuda but no CUDA device is available: use --device cpu")
+    prior = load_stage_prior(params, inputs["prior"])
     views = load_file(str(Path(inputs["canonical"]) / "views.safetensors"))
-    prior = load_prior(inputs["prior"], device=params.device)
     gen = torch.Generator().manual_seed(params.seed)
     res = pseudo_ground_truth(prior, views["rgb"].to(params.device), views["mask"].to(params.device), params.prompt,
                               params.refine, generator=gen)

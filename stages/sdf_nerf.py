@@ -13,7 +13,6 @@ input), `history.json` and `views.png` (a ring of albedo and shaded renders).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -21,8 +20,8 @@ from distill3d.fields.sdf import SDFConfig
 from distill3d.fields.sdf_init import MeshInitConfig
 from distill3d.guidance.sds import SDSConfig
 from distill3d.optimize.config import DistillConfig
-from stages.common import StageError, StageParams, work_dir
-from stages.prior_check import check_prompt_for_prior
+from stages.common import StageError, work_dir
+from stages.prompted import PromptedParams, check_prompted, load_stage_prior, save_field_outputs
 
 NAME = "sdf_nerf"
 ARTIFACT = "nerf"  # a field, like nerf_sds's output: extract_mesh and export_asset take either
@@ -35,10 +34,7 @@ OPTIONAL_INPUTS = ("init_mesh",)
 SDF_OPTIMIZE_DEFAULTS = {"lr_encoding": 3e-3}
 
 
-class Params(StageParams):
-    prompt: str = Field("", description="text prompt (for the toy prior: words of the toy vocabulary)")
-    seed: int = 0
-    device: Literal["cpu", "cuda"] = "cpu"
+class Params(PromptedParams):
     field: SDFConfig = Field(default_factory=SDFConfig)
     optimize: DistillConfig = Field(default_factory=lambda: DistillConfig(**SDF_OPTIMIZE_DEFAULTS))
     guidance: SDSConfig = Field(default_factory=SDSConfig)
@@ -57,29 +53,20 @@ class Params(StageParams):
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
-    check_prompt_for_prior(params.prompt, inputs["prior"])
+    check_prompted(params, inputs)
     if "init_mesh" in inputs and not (Path(inputs["init_mesh"]) / "mesh.glb").is_file():
         raise StageError(f"init_mesh {inputs['init_mesh']} holds no mesh.glb (pass an extract_mesh or asset dir)")
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
-    import json
-
     import torch
 
-    from distill3d.cameras import ring_cameras
     from distill3d.fields.sdf import SDFField
     from distill3d.fields.sdf_init import fit_sdf_to_mesh
     from distill3d.mesh.gltf import load_glb
     from distill3d.optimize.loop import distill_field
-    from distill3d.priors.loading import load_prior
-    from distill3d.render.volume import render_field
-    from distill3d.viz.grid import save_grid
 
-    if params.device == "cuda" and not torch.cuda.is_available():
-        raise StageError("sdf_nerf.device is cuda but no CUDA device is available: use --device cpu")
-    prior = load_prior(inputs["prior"], device=params.device)
-    torch.manual_seed(params.seed)
+    prior = load_stage_prior(params, inputs["prior"])
     field = SDFField(params.field).to(params.device)
     extra: dict = {}
     if "init_mesh" in inputs:
@@ -94,13 +81,5 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
 
     history = distill_field(field, prior, params.prompt, cfg, seed=params.seed, device=params.device,
                             work_dir=work_dir(NAME, params, inputs), guidance=params.guidance, regularizers=eikonal)
-    field.cpu().eval().save(out)
-    (out / "history.json").write_text(json.dumps(history))
-    cams = ring_cameras(params.preview_views)
-    with torch.no_grad():
-        rows = [render_field(field, cams, params.preview_size, shading=s, stratified=False)["rgb"]
-                for s in ("albedo", "lambertian")]
-    save_grid(torch.cat(rows), out / "views.png", ncols=params.preview_views)
-    last = {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in history["losses"].items()}
-    return {**extra, "seconds": history["seconds"], "steps": history["steps"], "final_losses": last,
-            "beta": float(field.beta.detach())}
+    summary = save_field_outputs(field, history, out, params.preview_views, params.preview_size)
+    return {**extra, **summary, "beta": float(field.beta.detach())}

@@ -10,28 +10,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
 from distill3d.texture.finetune import TextureFinetuneConfig
-from stages.common import StageError, StageParams
-from stages.prior_check import check_prompt_for_prior
+from stages.common import StageError
+from stages.prompted import PromptedParams, check_device, check_prompted, load_stage_prior
 
 NAME = "texture_finetune"
 ARTIFACT = "mesh"  # a textured mesh: what export_asset takes
 INPUTS = ("canonical", "pseudo_gt", "prior")
 
 
-class Params(StageParams):
-    prompt: str = ""
-    seed: int = 0
-    device: Literal["cpu", "cuda"] = "cpu"
+class Params(PromptedParams):
     finetune: TextureFinetuneConfig = Field(default_factory=TextureFinetuneConfig)
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
-    check_prompt_for_prior(params.prompt, inputs["prior"])
+    check_prompted(params, inputs)
     for name, file in (("canonical", "mesh.glb"), ("canonical", "cameras.json"), ("pseudo_gt", "pseudo_gt.safetensors")):
         if not (Path(inputs[name]) / file).is_file():
             raise StageError(f"input {name} {inputs[name]} holds no {file}")
@@ -44,21 +40,19 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.cameras import spherical_cameras
     from distill3d.mesh.gltf import load_glb, save_glb
     from distill3d.mesh.types import TexturedMesh
-    from distill3d.priors.loading import load_prior
     from distill3d.texture.canonical import tile_2x2
     from distill3d.texture.finetune import finetune_texture
     from distill3d.texture.render import FragmentCache, shade_texture
     from distill3d.viz.grid import save_grid
 
-    if params.device == "cuda" and not torch.cuda.is_available():
-        raise StageError("texture_finetune.device is cuda but no CUDA device is available: use --device cpu")
+    check_device(params)
     canonical = Path(inputs["canonical"])
     mesh = load_glb(canonical / "mesh.glb")
     cam_info = json.loads((canonical / "cameras.json").read_text())
     cams = spherical_cameras(cam_info["azimuth"], cam_info["elevation"], cam_info["radius"], cam_info["fov"],
                              device=params.device)
     target = load_file(str(Path(inputs["pseudo_gt"]) / "pseudo_gt.safetensors"))["pseudo_gt"].to(params.device)
-    prior = load_prior(inputs["prior"], device=params.device) if params.finetune.lambda_sds > 0 else None
+    prior = load_stage_prior(params, inputs["prior"]) if params.finetune.lambda_sds > 0 else None
     texture, history = finetune_texture(mesh.to(params.device), cams, target, prior, params.prompt, params.finetune,
                                         seed=params.seed)
     texture = texture.cpu()
