@@ -6,6 +6,8 @@
     distill3d toyworld gt --prompt "a red cube" --out gt.glb
     distill3d batch --prompts prompts.txt --out out/batch [--method M] [--concurrency N] [--deployment D]
     distill3d generate ... --from-stage extract_mesh   (re-run that stage and the ones after it)
+    distill3d compare --methods dreamfusion,textmesh --prompts prompts.txt [--seeds 0,1] --out out/cmp
+    distill3d sweep --prompt "a red cube" --guidance-scales 5,10,30,100 --seeds 0,1 --out out/sweep
 
 `tasks` is imported first (it sets Prefect's environment); Prefect itself is imported only when a stage must run.
 Bad input prints one line `error: ...` on stderr and exits with code 2, leaving no partial output.
@@ -288,6 +290,110 @@ def toyworld_gt(
     finally:
         staged.unlink(missing_ok=True)
     typer.echo(f"wrote {out}", err=True)
+
+
+def _split_list(text: str, kind: type, option: str) -> list:
+    """'0,1' -> [0, 1] (StageError naming the option on a bad item)."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        raise StageError(f"{option} takes a comma-separated list of {kind.__name__}s, not {text!r}") from None
+    if not values:
+        raise StageError(f"{option} is empty")
+    return values
+
+
+def _report_setup(device: str, prior: Optional[Path], params: Optional[Path]) -> tuple[Path | None, Path]:
+    if device not in ("cpu", "cuda"):
+        raise StageError(f"--device must be cpu or cuda, not {device!r}")
+    pfile = params or default_params_file()
+    prior = prior or default_prior(pfile)
+    if not Path(prior).exists():
+        raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.addFilter(_NoPrefectErrors())
+    return pfile, prior
+
+
+def _report_outcome(result: dict) -> None:
+    for e in result["entries"]:
+        detail = e["out"] if e["status"] != "failed" else e["reason"]
+        typer.echo(f"{e['status']:>6}  {e['method']} s{e['seed']}  {e['prompt']}: {detail}", err=True)
+    typer.echo(f"{result['ok']} ok, {result['failed']} failed: {result['report']}", err=True)
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def compare(
+    prompts: Annotated[Path, typer.Option(help="prompt file: one prompt per line (options after `|` as in batch)")],
+    out: Annotated[Path, typer.Option(help="report folder: index.html, report.md, metrics.json, runs/<item>/")],
+    methods: Annotated[str, typer.Option(help="comma-separated methods, e.g. dreamfusion,textmesh")] = "dreamfusion",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds, e.g. 0,1")] = "0",
+    steps: Annotated[Optional[int], typer.Option(help="optimisation steps of each method's first stage "
+                                                 "(nerf_sds / sdf_nerf optimize.steps)")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    prior: Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value, applied to the methods that "
+                                                      "have STAGE (repeatable)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="items generated at once (>1: a process each)")] = 1,
+    title: Annotated[str, typer.Option(help="report title")] = "distill3d comparison",
+) -> None:
+    """Compare methods over prompts (and seeds): an asset each (cached ones reused), then an offline report with
+    the turntables side by side and the metrics tables (OUT/index.html, OUT/report.md, OUT/metrics.json)."""
+    method_list = _split_list(methods, str, "--methods")
+    seed_list = _split_list(seeds, int, "--seeds")
+    overrides = section_overrides(set_ or [], {})
+    if steps is not None:
+        from flows.compare_report import check_methods
+
+        first = {"dreamfusion": "nerf_sds", "textmesh": "sdf_nerf"}
+        for m in check_methods(method_list):
+            overrides.setdefault(first.get(m, METHODS[m][0]), {})["optimize.steps"] = steps
+    pfile, prior = _report_setup(device, prior, params)
+    from flows.compare_report import run_compare  # starts Prefect only when something must run
+
+    _report_outcome(run_compare(prompts, out, methods=method_list, seeds=seed_list, params=overrides,
+                                prior=str(prior), device=device, params_file=pfile, concurrency=concurrency,
+                                title=title))
+
+
+@app.command()
+@friendly
+def sweep(
+    prompt: Annotated[str, typer.Option(help="text prompt, e.g. 'a red cube'")],
+    out: Annotated[Path, typer.Option(help="report folder: sweep_grid.png, sweep_plot.png, sweep.json, index.html")],
+    guidance_scales: Annotated[str, typer.Option(help="comma-separated CFG weights")] = "5,10,30,100",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1",
+    method: Annotated[str, typer.Option(help=f"one of: {', '.join(METHODS)}")] = "dreamfusion",
+    steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    prior: Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="points generated at once (>1: a process each)")] = 1,
+) -> None:
+    """DreamFusion Fig. 9: generate over guidance scales x seeds (each point a cached generate), then the grid of
+    final renders, the saturation/IoU vs guidance plot and a report page."""
+    scales = _split_list(guidance_scales, float, "--guidance-scales")
+    seed_list = _split_list(seeds, int, "--seeds")
+    overrides = section_overrides(set_ or [], {})
+    if steps is not None:
+        stage = {"dreamfusion": "nerf_sds", "textmesh": "sdf_nerf"}.get(method, "nerf_sds")
+        overrides.setdefault(stage, {})["optimize.steps"] = steps
+    pfile, prior = _report_setup(device, prior, params)
+    from flows.compare_report import run_sweep  # starts Prefect only when something must run
+
+    result = run_sweep(prompt, out, guidance_scales=scales, seeds=seed_list, method=method, params=overrides,
+                       prior=str(prior), device=device, params_file=pfile, concurrency=concurrency)
+    s = result["sweep"]
+    for row in s["by_scale"]:
+        typer.echo(f"w={row['guidance_scale']:g}: saturation {row['saturation']}, IoU {row['iou_mean']}", err=True)
+    _report_outcome(result)
 
 
 def main() -> None:  # pragma: no cover
