@@ -15,8 +15,8 @@ from distill3d.toyworld.gt_mesh import gt_mesh
 from distill3d.toyworld.vocab import COLOURS, FACE_COLOUR, STRIPE_COLOUR, parse_prompt
 
 FAST = dict(size=64, chamfer_points=3000, gt_resolution=64)
-KEYS = {"prompt", "spec", "views", "elevation", "iou_mean", "iou_per_view", "colour_error_lab", "mean_colour_rgb",
-        "colour_name", "colour_correct", "n_views", "size", "depth_error", "depth_error_per_view", "chamfer",
+KEYS = {"prompt", "spec", "views", "elevation", "iou_mean", "iou_ring_mean", "iou_per_view", "colour_error_lab",
+        "mean_colour_rgb", "colour_name", "colour_correct", "n_views", "size", "depth_error", "depth_error_per_view", "chamfer",
         "janus", "saturation", "sharpness", "clip_r_precision", "flags"}
 NO_FLAGS = {"wrong_shape": False, "wrong_colour": False, "janus": False, "over_saturated": False,
             "blurry_stripes": False}
@@ -38,7 +38,7 @@ def test_ground_truth_asset_scores_perfect_and_is_json() -> None:
     json.dumps(out, allow_nan=False)
     assert set(out) == KEYS and out["n_views"] == 10 and len(out["iou_per_view"]) == 10
     assert [v["kind"] for v in out["views"]][-2:] == ["top", "bottom"]
-    assert out["iou_mean"] > 0.95 and out["colour_correct"] and out["colour_error_lab"] < 5
+    assert out["iou_mean"] > 0.95 and out["iou_ring_mean"] > 0.95 and out["colour_correct"] and out["colour_error_lab"] < 5
     assert out["depth_error"] < 0.01 and out["chamfer"]["chamfer"] < 0.02
     assert out["janus"]["applicable"] and out["janus"]["rate_back"] == 0.0 and out["janus"]["rate_side"] == 0.0
     assert abs(out["saturation"]["excess"]) < 0.02

@@ -5,7 +5,7 @@ The asset mesh and the ground truth of the prompt are rendered from the same fix
 in albedo mode (no lighting, so colours compare directly), ``size`` pixels square. From those renders:
 
 * silhouette IoU, CIELAB colour error and colour naming (``evaluate.evaluate_renders``; flat keys ``iou_mean``,
-  ``iou_per_view``, ``colour_error_lab``, ``colour_name``, ``colour_correct``, ...);
+  ``iou_per_view``, ``iou_ring_mean`` (ring views only), ``colour_error_lab``, ``colour_name``, ``colour_correct``, ...);
 * ``depth_error``: mean |depth_pred - depth_gt| (distance along the ray, world units) over pixels covered in both;
 * ``janus`` (``janus.py``), ``saturation`` (``saturation.py``), ``sharpness`` (``sharpness.py``; ring views only);
 * ``chamfer``: symmetric Chamfer distance between the asset mesh and the ground-truth mesh (``chamfer.py``);
@@ -112,6 +112,8 @@ def evaluate_asset(
                     for a, e, k in zip(cams.azimuth.tolist(), cams.elevation.tolist(), kinds)]
     out["elevation"] = float(elevation)
     out.update(evaluate_renders(pred, gt, spec))
+    # The ring alone (no top/bottom views): the 8-view silhouette IoU the foundation's quality bar is stated in.
+    out["iou_ring_mean"] = sum(out["iou_per_view"][i] for i in ring) / len(ring)
     out["depth_error"], out["depth_error_per_view"] = depth_error(pred, gt)
     out["chamfer"] = chamfer_distance(mesh, gt_mesh(spec, resolution=gt_resolution, texture_size=0), chamfer_points)
     out["janus"] = janus_from_renders(pred, gt, kinds, applicable=spec.face)
