@@ -182,12 +182,17 @@ class _NoPrefectErrors(logging.Filter):
         return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
 
 
-def _run_flow(module: str, /, flow_name: str | None = None, **kwargs: Any) -> Any:
-    # imports prefect (~10 s first call); the flow is flows.<module>.<flow_name or module>
-    flow = getattr(importlib.import_module(f"flows.{module}"), flow_name or module)
+def quiet_prefect_errors() -> None:
+    """Keep Prefect's per-task error tracebacks off the console (the CLI prints one line; the API keeps them)."""
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.addFilter(_NoPrefectErrors())
+
+
+def _run_flow(module: str, /, flow_name: str | None = None, **kwargs: Any) -> Any:
+    # imports prefect (~10 s first call); the flow is flows.<module>.<flow_name or module>
+    flow = getattr(importlib.import_module(f"flows.{module}"), flow_name or module)
+    quiet_prefect_errors()
     return flow(**kwargs)
 
 
@@ -221,17 +226,10 @@ def batch(
         raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
     from flows.prompts_source import run_batch  # runs flows.batch.batch only when something must run
 
-    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.addFilter(_NoPrefectErrors())
+    quiet_prefect_errors()
     result = run_batch(prompts, out, method=method, seed=seed, params=overrides, prior=str(prior), device=device,
                        params_file=pfile, concurrency=concurrency, deployment=deployment)
-    for e in result["entries"]:
-        detail = e["out"] if e["status"] != "failed" else e["reason"]
-        typer.echo(f"{e['status']:>6}  {e['prompt']}  ({e['source']}): {detail}", err=True)
-    typer.echo(f"{result['ok']} ok, {result['failed']} failed: {result['gallery']}", err=True)
-    if result["failed"]:
-        raise typer.Exit(1)
+    _report_outcome(result, lambda e: f"{e['prompt']}  ({e['source']})", result["gallery"])
 
 
 @app.command()
@@ -311,17 +309,17 @@ def _report_setup(device: str, prior: Optional[Path], params: Optional[Path]) ->
     prior = prior or default_prior(pfile)
     if not Path(prior).exists():
         raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
-    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.addFilter(_NoPrefectErrors())
+    quiet_prefect_errors()
     return pfile, prior
 
 
-def _report_outcome(result: dict) -> None:
+def _report_outcome(result: dict, label: Callable[[dict], str] | None = None, index: str | None = None) -> None:
+    """One line per item (status, label, output or reason), a total, and exit code 1 if any item failed."""
+    label = label or (lambda e: f"{e['method']} s{e['seed']}  {e['prompt']}")
     for e in result["entries"]:
         detail = e["out"] if e["status"] != "failed" else e["reason"]
-        typer.echo(f"{e['status']:>6}  {e['method']} s{e['seed']}  {e['prompt']}: {detail}", err=True)
-    typer.echo(f"{result['ok']} ok, {result['failed']} failed: {result['report']}", err=True)
+        typer.echo(f"{e['status']:>6}  {label(e)}: {detail}", err=True)
+    typer.echo(f"{result['ok']} ok, {result['failed']} failed: {index or result['report']}", err=True)
     if result["failed"]:
         raise typer.Exit(1)
 
