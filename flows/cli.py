@@ -349,9 +349,8 @@ def compare(
     if steps is not None:
         from flows.compare_report import check_methods
 
-        first = {"dreamfusion": "nerf_sds", "textmesh": "sdf_nerf"}
-        for m in check_methods(method_list):
-            overrides.setdefault(first.get(m, METHODS[m][0]), {})["optimize.steps"] = steps
+        for m in check_methods(method_list):  # a method's first stage is its optimisation stage
+            overrides.setdefault(METHODS[m][0], {})["optimize.steps"] = steps
     pfile, prior = _report_setup(device, prior, params)
     from flows.compare_report import run_compare  # starts Prefect only when something must run
 

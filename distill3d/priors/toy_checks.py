@@ -39,12 +39,6 @@ def shape_scores(mask: torch.Tensor, templates: dict[str, torch.Tensor]) -> dict
     return {s: float(iou(mask[None].expand_as(t).float(), t.float()).max()) for s, t in templates.items()}
 
 
-def classify_shape(mask: torch.Tensor, templates: dict[str, torch.Tensor]) -> str:
-    """The shape whose best-matching template silhouette has the highest IoU with ``mask`` (H, W)."""
-    scores = shape_scores(mask, templates)
-    return max(scores, key=scores.get)
-
-
 def check_samples(
     prior: Prior, captions: list[str], per_caption: int = 4, steps: int = 50, guidance_scale: float = 3.0,
     seed: int = 0,
