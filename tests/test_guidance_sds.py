@@ -157,3 +157,22 @@ def test_view_prompts_pick_rows_per_camera() -> None:
 def test_view_prompts_raise_prior_error() -> None:
     with pytest.raises(PriorError, match="zzz"):
         ViewPrompts(LinearPrior(), "a zzz cube")
+
+
+class WhiteningPrior(LinearPrior):
+    """A prior with its own textureless wording (as the toy prior): "red" -> "white"."""
+
+    def textureless_prompt(self, prompt: str) -> str:
+        return prompt.replace("red", "white")
+
+
+def test_textureless_renders_use_the_priors_textureless_prompt() -> None:
+    cams = spherical_cameras([0.0, 180.0], [0.0, 0.0])
+    general = ViewPrompts(LinearPrior(), "a red cube")  # a general prior keeps the prompt (DreamFusion)
+    assert general.prompts_for(cams, textureless=True) == general.prompts_for(cams)
+    vp = ViewPrompts(WhiteningPrior(), "a red cube")
+    assert vp.prompts_for(cams, textureless=True) == ["a white cube, front view", "a white cube, back view"]
+    shaded, plain = vp.for_cameras(cams), vp.for_cameras(cams, textureless=True)
+    lens = torch.tensor([len(p) / 10 for p in vp.prompts_for(cams, textureless=True)])
+    torch.testing.assert_close(plain.cond[:, 0, 0], lens)
+    assert not torch.equal(plain.cond, shaded.cond)

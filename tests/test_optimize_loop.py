@@ -100,3 +100,22 @@ def test_weighted_total_uses_lambdas_and_rejects_unknown_terms() -> None:
     assert float(total) == pytest.approx(2.0 + 2.0 + 3.0)
     with pytest.raises(KeyError, match="loss_lora"):
         weighted_total({"loss_lora": torch.tensor(1.0)}, lambdas)
+
+
+def test_textureless_steps_are_scored_against_the_textureless_prompt() -> None:
+    from test_guidance_sds import WhiteningPrior
+
+    seen: list[float] = []
+
+    class Recorder:
+        def __call__(self, prior, images, text, progress, generator=None):
+            seen.append(float(text.cond[0, 0, 0]))  # LinearPrior embeds a prompt as len(prompt) / 10
+            return {"loss_sds": images.mean()}
+
+    shading: list[str] = []
+    cfg = _cfg(albedo_only_fraction=0.0, shading_probs={"albedo": 1.0, "textureless": 1.0}, view_dependent_prompts=False)
+    distill_field(_field(), WhiteningPrior(), "a red cube", cfg, seed=0, progress=False, guidance=Recorder(),
+                  callback=lambda step, info: shading.append(info["shading"]))
+    expect = {"albedo": len("a red cube") / 10, "textureless": len("a white cube") / 10}
+    assert set(shading) == {"albedo", "textureless"}
+    assert seen == pytest.approx([expect[m] for m in shading])

@@ -53,3 +53,10 @@ def test_images_map_to_model_space_and_back(tiny_prior):
     assert img.grad.abs().sum() > 0
     assert torch.allclose(tiny_prior.decode(tiny_prior.encode_images(img[:, :, ::2, ::2].detach())),
                           img[:, :, ::2, ::2].detach(), atol=1e-6)
+
+
+def test_textureless_prompt_is_the_white_plain_shape(tiny_prior):
+    # Textureless shading is a white-albedo Lambertian render: the toy world's "a white <shape>".
+    assert tiny_prior.textureless_prompt("an orange striped torus with a face") == "a white torus"
+    assert tiny_prior.textureless_prompt("a green cone") == "a white cone"
+    assert tiny_prior.prompt_error(tiny_prior.textureless_prompt("a blue cylinder")) is None

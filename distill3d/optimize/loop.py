@@ -151,7 +151,8 @@ def distill_field(
                                generator=gen, occupancy=occ)
             images = out["rgb"].permute(0, 3, 1, 2)
             t2 = time.perf_counter()
-            g = guide(prior, images, prompts.for_cameras(cams), progress_frac, generator=gen)
+            text = prompts.for_cameras(cams, textureless=mode == "textureless")
+            g = guide(prior, images, text, progress_frac, generator=gen)
             t3 = time.perf_counter()
             losses = {k: v for k, v in g.items() if k.startswith("loss_")}
             if "sample_weights" in out and cfg.lambda_orient > 0:

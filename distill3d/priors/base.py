@@ -49,6 +49,13 @@ class Prior(abc.ABC):
         """Embeddings for ``prompts`` and for the empty prompt (for classifier-free guidance)."""
         return TextEmbeddings(cond=self.encode_text(prompts), uncond=self.encode_text([""]))
 
+    def textureless_prompt(self, prompt: str) -> str:
+        """The prompt that describes ``prompt``'s object rendered textureless (white albedo, shaded; DreamFusion
+        3.1). A general prior reads the prompt itself, as in the paper. A prior whose world has a word for a
+        white, untextured object overrides this (the toy prior: "a green cone" -> "a white cone"), so a
+        textureless render is not scored against a colour it cannot show."""
+        return prompt
+
     @abc.abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> x_0 in model space (B, C, h, w); differentiable w.r.t. images."""

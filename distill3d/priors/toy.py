@@ -22,7 +22,7 @@ from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from distill3d.priors.base import Prior, PriorError, to_epsilon
 from distill3d.priors.text import build_text_encoder, build_tokenizer
-from distill3d.toyworld.vocab import VIEWS, PromptError, check_prompt, parse_prompt, tokenize_words
+from distill3d.toyworld.vocab import VIEWS, ObjectSpec, PromptError, check_prompt, parse_prompt, tokenize_words
 
 
 class ToyPriorArchitecture(BaseModel):
@@ -137,6 +137,14 @@ class ToyPrior(Prior):
         except PromptError as e:
             return str(e)
         return None
+
+    def textureless_prompt(self, prompt: str) -> str:
+        """The toy world renders a white plain object under the same Lambertian light as DreamFusion's
+        textureless shading, so the textureless prompt is the shape in white, without stripes or face (both are
+        albedo). Measured (green cone, guidance 10, 1000 steps, ring IoU of the field's opacity): scoring
+        textureless renders against "a green cone" left a teardrop (0.61); against "a white cone", 0.81."""
+        spec = parse_prompt(prompt)
+        return ObjectSpec(shape=spec.shape).caption()
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         captions = []
