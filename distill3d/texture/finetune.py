@@ -42,6 +42,11 @@ class TextureFinetuneConfig(BaseModel):
     camera: CameraDistribution = Field(default_factory=CameraDistribution)
     guidance: SDSConfig = Field(default_factory=lambda: SDSConfig(guidance_scale=30.0, t_max=0.6))
     ssaa: int = Field(2, ge=1)
+    # Size at which renders meet the pseudo ground truth in L_MSE (both area-averaged to it). Set it to the prior's
+    # resolution when that is below the canonical views' size (the toy prior: 32 for 64-pixel views): the pseudo-GT
+    # holds no detail beyond it, and fitting its upsampling blur lightens the colour along every silhouette.
+    # None: the canonical views' size.
+    mse_resolution: int | None = Field(None, ge=1)
 
 
 def _logit(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -69,6 +74,13 @@ def finetune_texture(
         pool_cams = sample_cameras(cfg.sds_view_pool, cfg.camera, generator=gen)
         pool = FragmentCache.build(mesh, pool_cams, cfg.sds_render_size or prior.resolution, ssaa=1)
         prompts = ViewPrompts(prior, prompt)
+    def to_mse_size(images: torch.Tensor) -> torch.Tensor:
+        if cfg.mse_resolution is None or cfg.mse_resolution >= images.shape[1]:
+            return images
+        x = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(cfg.mse_resolution,) * 2, mode="area")
+        return x.permute(0, 2, 3, 1)
+
+    target_small = to_mse_size(targets)
     logits = torch.nn.Parameter(_logit(mesh.texture.float().clone()))
     opt = torch.optim.Adam([logits], lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
     lambdas = {"loss_mse": cfg.lambda_mse, "loss_sds": cfg.lambda_sds}
@@ -77,7 +89,7 @@ def finetune_texture(
     for step in range(cfg.steps):
         texture = torch.sigmoid(logits)
         pred = shade_texture(texture, canon, background=background)["rgb"]
-        losses = {"loss_mse": ((pred - targets) ** 2).mean()}
+        losses = {"loss_mse": ((to_mse_size(pred) - target_small) ** 2).mean()}
         if use_sds:
             idx = torch.randint(len(pool), (cfg.sds_views_per_step,), generator=gen)
             imgs = shade_texture(texture, pool.select(idx), background=background)["rgb"].permute(0, 3, 1, 2)

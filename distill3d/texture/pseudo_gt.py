@@ -33,6 +33,9 @@ class PseudoGTConfig(BaseModel):
     layout: str = Field("per_view", pattern="^(per_view|tiled)$")
     view_prompts: bool = True
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0)  # pixels with coverage above this take the refined colour
+    # img2img runs per view, averaged: one SDEdit sample carries its noise into every texel the MSE fits; the mean
+    # of several estimates E[x_0 | x_t] instead (the texture's colour error follows it, see the stage notes).
+    samples: int = Field(1, ge=1)
 
 
 def img2img(prior: Prior, images: torch.Tensor, prompts: list[str], strength: float, guidance_scale: float,
@@ -58,15 +61,18 @@ def pseudo_ground_truth(prior: Prior, views: torch.Tensor, masks: torch.Tensor, 
     (coverage > mask_threshold), the input view outside, and ``keep`` (4, H, W) bool (the mask used).
     """
     imgs = views.permute(0, 3, 1, 2)  # (4, 3, H, W)
+    k = cfg.samples
     if cfg.layout == "tiled":
         tile = tile_2x2(views).permute(2, 0, 1)[None]  # (1, 3, 2H, 2W)
-        out = img2img(prior, tile, [prompt], cfg.strength, cfg.guidance_scale, cfg.steps, generator)
-        refined = untile_2x2(out[0].permute(1, 2, 0))
+        out = img2img(prior, tile.expand(k, -1, -1, -1), [prompt] * k, cfg.strength, cfg.guidance_scale, cfg.steps,
+                      generator)
+        refined = untile_2x2(out.mean(0).permute(1, 2, 0))
     else:
         phrases = view_phrases or ["front", "side", "back", "side"]
         prompts = [f"{prompt}, {v} view" for v in phrases] if cfg.view_prompts else [prompt] * len(phrases)
-        refined = img2img(prior, imgs, prompts, cfg.strength, cfg.guidance_scale, cfg.steps, generator)
-        refined = refined.permute(0, 2, 3, 1)
+        out = img2img(prior, imgs.repeat(k, 1, 1, 1), prompts * k, cfg.strength, cfg.guidance_scale, cfg.steps,
+                      generator)
+        refined = out.view(k, *imgs.shape).mean(0).permute(0, 2, 3, 1)
     keep = masks > cfg.mask_threshold
     pseudo = torch.where(keep[..., None], refined, views)
     return {"refined": refined, "pseudo_gt": pseudo, "keep": keep}
