@@ -13,6 +13,7 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from browser import dump_dom
@@ -80,17 +81,19 @@ def test_compare_again_is_all_cached(compared: Path, home: Path) -> None:
 
 def test_sweep_writes_grid_plot_and_saturation(compared: Path, home: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    proc = run(home, "sweep", "--prompt", "a red cube", "--guidance-scales", "10,30", "--seeds", "0",
+    default = float(yaml.safe_load((REPO / "params.yaml").read_text())["nerf_sds"]["guidance"]["guidance_scale"])
+    other = 30.0 if default != 30.0 else 50.0
+    proc = run(home, "sweep", "--prompt", "a red cube", "--guidance-scales", f"{default},{other}", "--seeds", "0",
                "--out", str(out), *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("sweep_grid.png", "sweep_plot.png"):
         assert Image.open(out / name).format == "PNG"
     sweep = json.loads((out / "sweep.json").read_text())
-    assert [s["guidance_scale"] for s in sweep["by_scale"]] == [10.0, 30.0]
+    assert [s["guidance_scale"] for s in sweep["by_scale"]] == sorted([default, other])
     assert len(sweep["saturation"]) == 2 and all(isinstance(v, float) for v in sweep["saturation"])
     assert isinstance(sweep["saturation_monotonic_increasing"], bool)
     statuses = {p["guidance_scale"]: p["status"] for p in sweep["points"]}
-    assert statuses == {10.0: "cached", 30.0: "ok"}  # w=10 is the default: the comparison's red cube
+    assert statuses == {default: "cached", other: "ok"}  # the default scale: the comparison's red cube
     assert "sweep_grid.png" in (out / "index.html").read_text()
 
 

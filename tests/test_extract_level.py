@@ -31,9 +31,19 @@ def test_choose_level_recovers_the_surface_of_a_sharp_field():
 
 
 def test_choose_level_refuses_an_empty_field():
-    field = SdfDensityField(ObjectSpec("sphere"), peak=1.0)
+    field = SdfDensityField(ObjectSpec("sphere"), peak=0.0)
     with pytest.raises(ValueError, match="empty"):
         choose_level(field, sample_grid(field.density, 24), [5.0, 10.0], n_views=2, size=16)
+
+
+def test_choose_level_meshes_a_faint_field_below_every_candidate():
+    """A short run's field can peak below every candidate level: fractions of its peak are tried instead."""
+    field = SdfDensityField(ObjectSpec("sphere"), peak=1.0)
+    values = sample_grid(field.density, 24)
+    level, scores = choose_level(field, values, [5.0, 10.0], n_views=2, size=16)
+    assert 0.0 < level < 1.0 and sorted(map(float, scores)) == [0.25, 0.5, 0.75] and min(scores.values()) > 0.0
+    mesh = extract_isosurface(values, level, inside="above")
+    assert len(mesh.faces) > 0 and float(mesh.vertices.norm(dim=-1).max()) < 0.8  # a ball inside the sphere's bound
 
 
 def test_prompt_checks_name_the_problem(tmp_path):
@@ -44,3 +54,11 @@ def test_prompt_checks_name_the_problem(tmp_path):
     with pytest.raises(StageError, match="empty prompt"):
         check_prompt_for_prior("  ", tmp_path)
     check_prompt_for_prior("a photo of a dragon", tmp_path / "sd")  # not a toy prior: any words
+
+
+def test_choose_level_meshes_a_translucent_field_by_soft_iou():
+    """Opacity below 0.5 everywhere (a 60-step run from a weak blob) is matched by soft IoU instead of failing."""
+    field = SdfDensityField(ObjectSpec("sphere"), peak=0.5)  # opacity at most 0.45 through the centre
+    values = sample_grid(field.density, 24)
+    level, scores = choose_level(field, values, [0.1, 0.3, 1.0], n_views=2, size=16)
+    assert level in (0.1, 0.3) and scores["1.0"] == 0.0 and scores[str(level)] > 0.2

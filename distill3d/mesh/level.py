@@ -20,10 +20,17 @@ def choose_level(
     """The candidate density level whose marching-cubes mesh has silhouettes closest (mean IoU) to the field's
     rendered opacity over a ring of views (plus top and bottom).
 
-    values: (R, R, R) densities sampled on the field's bound. Returns (level, {str(level): mean IoU}).
+    values: (R, R, R) densities sampled on the field's bound. A faint field (a short run, a weak density blob)
+    gets two fallbacks instead of an error: when its peak density is below every candidate, fractions (1/4, 1/2,
+    3/4) of the peak are tried; when its opacity nowhere reaches 0.5, the match is the soft IoU
+    sum(min(mask, opacity)) / sum(max(mask, opacity)). Returns (level, {str(level): mean IoU}).
     """
+    peak = float(values.max())
+    if not any(level < peak for level in candidates) and peak > 0:
+        candidates = [round(peak * f, 4) for f in (0.25, 0.5, 0.75)]
     cams = ring_cameras(n_views, elevation, with_top_bottom=True)
     target = render_field(field, cams, size, stratified=False)["opacity"]
+    faint = bool((target < 0.5).all() and target.max() > 1e-3)
     scores: dict[str, float] = {}
     for level in candidates:
         try:
@@ -31,8 +38,14 @@ def choose_level(
         except ValueError:  # nothing above this level
             scores[str(level)] = 0.0
             continue
-        scores[str(level)] = float(iou(render_mesh(mesh, cams, size, mode="albedo")["mask"], target).mean())
+        mask = render_mesh(mesh, cams, size, mode="albedo")["mask"]
+        scores[str(level)] = soft_iou(mask, target) if faint else float(iou(mask, target).mean())
     best = max(scores, key=scores.get)
     if scores[best] == 0.0:
         raise ValueError("the field is empty at every candidate level: the optimisation produced no object")
     return float(best), scores
+
+
+def soft_iou(mask: torch.Tensor, opacity: torch.Tensor) -> float:
+    """IoU of a silhouette with a fractional opacity image: sum(min) / sum(max) (the binary IoU when both are 0/1)."""
+    return float(torch.minimum(mask, opacity).sum() / torch.maximum(mask, opacity).sum().clamp_min(1e-8))

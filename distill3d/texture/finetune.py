@@ -36,6 +36,7 @@ class TextureFinetuneConfig(BaseModel):
     lr: float = Field(0.05, gt=0)  # Adam on texture logits
     lambda_mse: float = Field(1.0, ge=0)
     lambda_sds: float = Field(1e-4, ge=0)
+    lambda_tv: float = Field(0.0, ge=0)  # total variation of the atlas (not in TextMesh; see texture_tv)
     sds_views_per_step: int = Field(1, ge=1)
     sds_view_pool: int = Field(64, ge=1)
     sds_render_size: int | None = None  # None: the prior's resolution
@@ -52,6 +53,12 @@ class TextureFinetuneConfig(BaseModel):
 def _logit(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x) - torch.log1p(-x)
+
+
+def texture_tv(texture: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring texels of an (Ht, Wt, 3) atlas: pulls each chart towards locally
+    constant colour, so per-pixel disagreements between pseudo-GT views average out instead of being painted in."""
+    return (texture[1:] - texture[:-1]).abs().mean() + (texture[:, 1:] - texture[:, :-1]).abs().mean()
 
 
 def finetune_texture(
@@ -83,13 +90,15 @@ def finetune_texture(
     target_small = to_mse_size(targets)
     logits = torch.nn.Parameter(_logit(mesh.texture.float().clone()))
     opt = torch.optim.Adam([logits], lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
-    lambdas = {"loss_mse": cfg.lambda_mse, "loss_sds": cfg.lambda_sds}
+    lambdas = {"loss_mse": cfg.lambda_mse, "loss_sds": cfg.lambda_sds, "loss_tv": cfg.lambda_tv}
     history: dict = {"losses": {}, "seconds": 0.0}
     t0 = time.perf_counter()
     for step in range(cfg.steps):
         texture = torch.sigmoid(logits)
         pred = shade_texture(texture, canon, background=background)["rgb"]
         losses = {"loss_mse": ((to_mse_size(pred) - target_small) ** 2).mean()}
+        if cfg.lambda_tv > 0:
+            losses["loss_tv"] = texture_tv(texture)
         if use_sds:
             idx = torch.randint(len(pool), (cfg.sds_views_per_step,), generator=gen)
             imgs = shade_texture(texture, pool.select(idx), background=background)["rgb"].permute(0, 3, 1, 2)
