@@ -44,6 +44,11 @@ from stages.common import (
 
 # CLI options that are shorthands for stage params (the stage's field names)
 SHORTCUTS = {"steps": "nerf_sds.optimize.steps", "guidance_scale": "nerf_sds.guidance.guidance_scale"}
+# Options several commands share, declared once.
+DeviceOption = Annotated[str, typer.Option(help="cpu or cuda")]
+ParamsOption = Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")]
+PriorOption = Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")]
+
 ASSET_FILES = ("mesh.glb", "turntable.gif", "views.png")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -124,11 +129,11 @@ def generate(
     method: Annotated[str, typer.Option(help=f"one of: {', '.join(METHODS)}")] = "dreamfusion",
     steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: DeviceOption = "cpu",
     guidance_scale: Annotated[Optional[float], typer.Option(help=f"CFG weight ({SHORTCUTS['guidance_scale']})")] = None,
     prior: Annotated[Optional[Path], typer.Option(help="prior folder: the toy prior or a diffusers SD folder "
                                                   "(default: params.yaml's prior.path, else models/toy_prior)")] = None,
-    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
     from_stage: Annotated[Optional[str], typer.Option(help="re-run this stage and all after it even if cached "
                                                       "(e.g. extract_mesh); earlier stages are reused")] = None,
@@ -207,9 +212,9 @@ def batch(
                                              "flow runs on the work pool with --deployment)")] = 1,
     steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
     seed: Annotated[int, typer.Option(help="default seed of the rows")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    prior: Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")] = None,
-    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    device: DeviceOption = "cpu",
+    prior: PriorOption = None,
+    params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value for every row (repeatable)")] = None,
     deployment: Annotated[Optional[str], typer.Option(help="run each prompt as a run of this deployment on the work "
                                                       "pool, e.g. generate-asset/asset (needs PREFECT_API_URL)")] = None,
@@ -238,7 +243,7 @@ def evaluate(
     asset: Annotated[Path, typer.Option(help="an asset directory (with mesh.glb) or a .glb file")],
     prompt: Annotated[str, typer.Option(help="the toy-world prompt the asset should show")],
     out: Annotated[Optional[Path], typer.Option(help="write the metrics as JSON here")] = None,
-    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value override of the evaluate params")] = None,
 ) -> None:
     """Score an asset against the toy world's ground truth for the prompt."""
@@ -333,9 +338,9 @@ def compare(
     seeds: Annotated[str, typer.Option(help="comma-separated seeds, e.g. 0,1")] = "0",
     steps: Annotated[Optional[int], typer.Option(help="optimisation steps of each method's first stage "
                                                  "(nerf_sds / sdf_nerf optimize.steps)")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    prior: Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")] = None,
-    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    device: DeviceOption = "cpu",
+    prior: PriorOption = None,
+    params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value, applied to the methods that "
                                                       "have STAGE (repeatable)")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="items generated at once (>1: a process each)")] = 1,
@@ -368,9 +373,9 @@ def sweep(
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1",
     method: Annotated[str, typer.Option(help=f"one of: {', '.join(METHODS)}")] = "dreamfusion",
     steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    prior: Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")] = None,
-    params: Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")] = None,
+    device: DeviceOption = "cpu",
+    prior: PriorOption = None,
+    params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="points generated at once (>1: a process each)")] = 1,
 ) -> None:
