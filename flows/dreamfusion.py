@@ -4,8 +4,9 @@
       1. nerf_sds:     optimise a NeRF theta so that its renders g(theta, c) from random cameras c score well
                        under the prior: grad = w(t) (eps_hat(x_t; y, t) - eps) dx/dtheta   (score distillation)
       2. extract_mesh: marching cubes on the NeRF's density, keep the largest component
-      3. export_asset: UV-unwrap, bake the NeRF's albedo, write mesh.glb + turntable.gif + views.png
-      4. evaluate:     (toy-world prompts only) compare the asset with the toy world's ground truth
+      3. bake_texture: UV-unwrap (xatlas), bake the NeRF's albedo into the texture atlas
+      4. export_asset: write mesh.glb + turntable.gif + views.png                                     (shared)
+      5. evaluate:     (toy-world prompts only) compare the asset with the toy world's ground truth    (shared)
 
 Each stage is a task whose cache key is the stage key (see tasks/stage_task.py); re-running with the same prompt,
 params and prior returns at once. The `distill3d` CLI does not even start this flow when every stage is cached
@@ -62,8 +63,9 @@ def dreamfusion(
 
     nerf = stage("nerf_sds", prior=prior)
     mesh = stage("extract_mesh", nerf=nerf)
-    asset = stage("export_asset", mesh=mesh, nerf=nerf)
-    outputs = {"nerf_sds": nerf, "extract_mesh": mesh, "export_asset": asset}
+    textured = stage("bake_texture", mesh=mesh, nerf=nerf)
+    asset = stage("export_asset", mesh=textured)
+    outputs = {"nerf_sds": nerf, "extract_mesh": mesh, "bake_texture": textured, "export_asset": asset}
     if is_toy_prompt(prompt):
         outputs["evaluate"] = stage("evaluate", asset=asset)
 

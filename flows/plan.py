@@ -32,7 +32,7 @@ from tasks.env import store_dir
 
 # method -> its stages in order (each stage's INPUTS are looked up among the artifacts made before it)
 METHODS: dict[str, tuple[str, ...]] = {
-    "dreamfusion": ("nerf_sds", "extract_mesh", "export_asset", "evaluate"),
+    "dreamfusion": ("nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate"),
     "textmesh": ("sdf_nerf", "extract_mesh", "render_canonical_views", "pseudo_gt", "texture_finetune",
                  "export_asset", "evaluate"),
 }

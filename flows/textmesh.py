@@ -7,7 +7,7 @@
       4. pseudo_gt:              img2img of the canonical views by the prior, background kept outside the masks
       5. texture_finetune:       mesh fixed; texture <- MSE to the pseudo-GT + lambda_sds * SDS in random views
       6. export_asset:           GLB with the fine-tuned texture, turntable, views                 (shared)
-      7. evaluate:               (toy prompts) metrics of the asset, and of the texture before step 5  (shared)
+      7. evaluate:               (toy prompts) metrics of the asset, and of its texture before step 5  (shared)
 
 `init` seeds the chain with existing artifacts (`flows.init.init_artifacts`, e.g. from a DreamFusion run):
 {"mesh": dir, "nerf": dir} skips steps 1-2 and refines that geometry's texture; {"init_mesh": dir} starts the SDF
@@ -54,9 +54,9 @@ def textmesh(
     pseudo = outputs["pseudo_gt"] = stage("pseudo_gt", canonical=canonical, prior=prior)
     tuned = outputs["texture_finetune"] = stage("texture_finetune", canonical=canonical, pseudo_gt=pseudo,
                                                 prior=prior)
-    asset = outputs["export_asset"] = stage("export_asset", mesh=tuned, nerf=nerf)
+    asset = outputs["export_asset"] = stage("export_asset", mesh=tuned)  # carries the mesh before step 5
     if is_toy_prompt(prompt):
-        outputs["evaluate"] = stage("evaluate", asset=asset, canonical=canonical)
+        outputs["evaluate"] = stage("evaluate", asset=asset)
 
     publish_outputs(f"textmesh: {prompt}", outputs, image=Path(asset) / "views.png", key=f"textmesh-{prompt}")
     return outputs

@@ -1,5 +1,8 @@
 """`python -m stages NAME --params params.yaml [--section S] [--set a.b=v ...] [--in prior=DIR ...] --out DIR`.
 
+`--prompt-name KEY` sets the `prompt` param to params.yaml's `prompts[KEY]` (dvc.yaml's matrix stages only get the
+key of a prompt: DVC's templating cannot look a value up by a key it iterates over).
+
 The one entry point DVC calls for every stage: no Prefect here, so a DVC stage pays no Prefect start-up.
 `--out` ending in `.json` writes only the stage's `metrics.json` to that file (for DVC metrics files).
 Bad input exits with code 2 and one line `error: ...` on stderr.
@@ -8,13 +11,14 @@ Bad input exits with code 2 and one line `error: ...` on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from stages.common import StageError, execute, get_stage, load_params, read_manifest
+from stages.common import StageError, execute, get_stage, load_params, read_manifest, read_params_file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--section", default=None, help="section of the params file (default: the stage name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param, dotted path, value read as JSON (repeatable)")
+    p.add_argument("--prompt-name", default=None, metavar="KEY",
+                   help="set the prompt param to the params file's prompts[KEY]")
     p.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH",
                    help="an input artifact (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output directory (or FILE.json: the stage's metrics)")
@@ -39,6 +45,17 @@ def _parse_inputs(items: list[str]) -> dict[str, Path]:
             raise StageError(f"bad --in {item!r}: expected NAME=PATH, e.g. prior=models/toy_prior")
         inputs[name] = Path(path)
     return inputs
+
+
+def named_prompt(params_file: Path | None, key: str) -> str:
+    """``prompts[key]`` of the params file (StageError naming the keys there when it has no such prompt)."""
+    if params_file is None:
+        raise StageError("--prompt-name needs --params FILE (the file whose `prompts` mapping names the prompt)")
+    prompts = read_params_file(params_file).get("prompts")
+    if not isinstance(prompts, dict) or key not in prompts:
+        known = ", ".join(map(str, prompts)) if isinstance(prompts, dict) else "none"
+        raise StageError(f"--prompt-name {key}: {params_file} has no prompts.{key} (its prompts: {known})")
+    return str(prompts[key])
 
 
 def _run_to_json(stage, params, inputs, out: Path, force: bool) -> None:
@@ -58,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         stage = get_stage(args.name)
-        params = load_params(stage, args.params, args.section, args.overrides)
+        overrides = list(args.overrides)
+        if args.prompt_name is not None:
+            overrides.insert(0, "prompt=" + json.dumps(named_prompt(args.params, args.prompt_name)))
+        params = load_params(stage, args.params, args.section, overrides)
         inputs = _parse_inputs(args.inputs)
         if args.out.suffix == ".json":
             _run_to_json(stage, params, inputs, args.out, args.force)

@@ -43,6 +43,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+# A textured mesh artifact may hold the textured mesh it was refined from (texture_finetune writes it, export_asset
+# carries it into the asset, evaluate scores it as the "before").
+MESH_BEFORE = "mesh_before.glb"
 
 # Artifact name (what a downstream stage lists in INPUTS) -> the stage that makes it.
 ARTIFACTS: dict[str, str] = {

@@ -10,13 +10,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import StageError, StageParams
+from stages.common import MESH_BEFORE, StageError, StageParams
 
 NAME = "evaluate"
 INPUTS = ("asset",)
-# Optional: the textured mesh before texture fine-tuning (render_canonical_views' output, TextMesh). Its scores go
-# into metrics["before"] and metrics["texture_improvement"] = before colour error - after colour error.
-OPTIONAL_INPUTS = ("canonical",)
+# An asset holding `mesh_before.glb` (the textured mesh before texture fine-tuning, TextMesh) is scored twice: the
+# before scores go into metrics["before"], and metrics["texture_improvement"] = before - after colour error.
 BEFORE_KEYS = ("iou_mean", "colour_error_lab", "colour_correct")
 
 
@@ -44,9 +43,9 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
 
     metrics = evaluate_asset(load_asset(inputs["asset"]), params.prompt, size=params.size, n_ring=params.n_ring,
                              elevation=params.elevation, clip_model=params.clip_model)
-    if "canonical" in inputs:
-        before = evaluate_asset(load_asset(inputs["canonical"]), params.prompt, size=params.size,
-                                n_ring=params.n_ring, elevation=params.elevation, clip_model=None)
+    before_mesh = Path(inputs["asset"]) / MESH_BEFORE
+    if before_mesh.is_file():
+        before = evaluate_asset(load_asset(before_mesh), params.prompt, size=params.size, n_ring=params.n_ring, elevation=params.elevation, clip_model=None)
         metrics["before"] = {k: before[k] for k in BEFORE_KEYS}
         after_err, before_err = metrics["colour_error_lab"], before["colour_error_lab"]
         metrics["texture_improvement"] = (None if after_err is None or before_err is None

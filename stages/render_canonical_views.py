@@ -3,7 +3,7 @@ right, back, left at one elevation), with masks and depth, tiled 2x2 into one im
 
 Input `mesh`: any artifact holding a mesh.glb -- a textured asset (e.g. DreamFusion's export_asset output), or an
 untextured mesh (extract_mesh) together with the optional field `nerf`, whose albedo is then baked into a fresh
-xatlas UV atlas (as export_asset does). Output: `mesh.glb` (the textured mesh the views show: the "before" of
+xatlas UV atlas (as bake_texture does). Output: `mesh.glb` (the textured mesh the views show: the "before" of
 texture fine-tuning, evaluable as an asset), `views.safetensors` (rgb, albedo, mask, depth: (4, H, W, ...)),
 `cameras.json`, `canonical.png` (the 2x2 tile of shaded views) and `masks.png`.
 """
@@ -36,29 +36,6 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
         raise StageError(f"input mesh {inputs['mesh']} holds no mesh.glb")
 
 
-def textured_mesh(mesh, field=None, texture_size: int = 512):
-    """``mesh`` with uv + texture: kept if it has them, else unwrapped and baked from ``field.albedo`` (or from its
-    vertex colours through the nearest vertex, or plain white)."""
-    import torch
-
-    from distill3d.mesh.uv import bake_texture, unwrap
-
-    if mesh.texture is not None and mesh.uv is not None:
-        return mesh
-    if field is not None:
-        colour_fn = field.albedo
-    elif mesh.vertex_colors is not None:
-        verts, cols = mesh.vertices.float(), mesh.vertex_colors.float()
-
-        def colour_fn(p: torch.Tensor) -> torch.Tensor:
-            return cols[torch.cdist(p, verts).argmin(dim=1)]
-    else:
-        def colour_fn(p: torch.Tensor) -> torch.Tensor:
-            return torch.ones_like(p)
-    with torch.no_grad():
-        return bake_texture(unwrap(mesh, resolution=texture_size), colour_fn, size=texture_size)
-
-
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     import json
 
@@ -66,12 +43,13 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
 
     from distill3d.fields.loading import load_field
     from distill3d.mesh.gltf import load_glb, save_glb
+    from distill3d.mesh.uv import ensure_texture
     from distill3d.texture.canonical import CANONICAL_NAMES, canonical_cameras, render_views, tile_2x2
     from distill3d.viz.grid import save_grid
 
     mesh = load_glb(Path(inputs["mesh"]) / "mesh.glb")
     field = load_field(inputs["nerf"]) if "nerf" in inputs else None
-    mesh = textured_mesh(mesh, field, params.texture_size)
+    mesh = ensure_texture(mesh, None if field is None else field.albedo, params.texture_size)
     save_glb(mesh, out / "mesh.glb")
     cams = canonical_cameras(params.elevation, params.radius, params.fov)
     views = render_views(mesh, cams, params.size, ssaa=params.ssaa)

@@ -1,11 +1,11 @@
-"""The DVC pipeline's report: the default prompts' assets + metrics -> an offline comparison page.
+"""The DVC pipeline's report: one method's assets + metrics for the default prompts -> an offline page.
 
-Inputs: `assets` (a folder of asset folders, data/assets/<name>/ with turntable.gif and views.png) and `metrics`
-(a folder of the evaluate stage's files, data/metrics/<name>.json). Output: index.html, report.md, entries.json (every
-asset's metrics, as write_report's metrics.json) and metrics.json: a flat summary (per prompt name and the mean
-over prompts of IoU, colour error, saturation, saturation excess) that `dvc metrics show` reads
-(`python -m stages report ... --out data/report_summary.json` writes just that file).
-No Prefect: this is what `dvc repro report` runs.
+Inputs: `assets` (a folder of asset folders, data/<method>/asset/<name>/ with turntable.gif and views.png) and
+`metrics` (a folder of the evaluate stage's files, data/<method>/metrics/<name>.json). Output: index.html,
+report.md, entries.json (every asset's metrics, as write_report's metrics.json) and metrics.json: a flat summary
+(per prompt name and the mean over prompts of IoU, colour error, saturation, saturation excess) that
+`dvc metrics show` reads (`python -m stages report ... --out data/<method>/report_summary.json` writes just that
+file). No Prefect: this is what `dvc repro report@<method>` runs.
 """
 
 from __future__ import annotations

@@ -2,19 +2,21 @@
 the canonical views plus `lambda_sds` * SDS in random views (TextMesh Sec. 3.3; see distill3d.texture.finetune).
 
 Inputs: `canonical` (the textured mesh and its canonical cameras), `pseudo_gt`, `prior`. Output: `mesh.glb` with the
-fine-tuned texture (a textured "mesh" artifact: export_asset keeps its texture), `texture.png`, `history.json`,
-`views.png` (canonical views: before | pseudo ground truth | after).
+fine-tuned texture (a textured "mesh" artifact: export_asset keeps its texture), `mesh_before.glb` (the textured
+mesh it started from, carried into the asset so `evaluate` can score the texture before and after), `texture.png`,
+`history.json`, `views.png` (canonical views: before | pseudo ground truth | after).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from pydantic import Field
 
 from distill3d.texture.finetune import TextureFinetuneConfig
-from stages.common import StageError
+from stages.common import MESH_BEFORE, StageError
 from stages.prompted import PromptedParams, check_device, check_prompted, load_stage_prior
 
 NAME = "texture_finetune"
@@ -58,6 +60,7 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     texture = texture.cpu()
     tuned = TexturedMesh(vertices=mesh.vertices, faces=mesh.faces, uv=mesh.uv, texture=texture)
     save_glb(tuned, out / "mesh.glb")
+    shutil.copyfile(canonical / "mesh.glb", out / MESH_BEFORE)
     save_grid(texture[None], out / "texture.png", ncols=1)
     (out / "history.json").write_text(json.dumps(history))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Fake nerf_sds / extract_mesh / export_asset / evaluate stages for testing the plumbing (no torch, ~ms each).
+"""Fake nerf_sds / extract_mesh / bake_texture / export_asset / evaluate stages for testing the plumbing (no torch, ~ms each).
 
 `register()` installs them through the lazy import hook (stages.common.register_stage); every run is appended to
 $FAKE_STAGE_LOG so tests can tell runs from cache hits, also across processes.
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from stages.common import StageParams, register_stage, unregister_stage, work_dir
 
-NAMES = ("nerf_sds", "extract_mesh", "export_asset", "evaluate")
+NAMES = ("nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate")
 
 
 def _png_1x1() -> bytes:
@@ -73,8 +73,18 @@ def mesh_run(params, inputs, out: Path):
     return {}
 
 
-class ExportParams(StageParams):
+class BakeParams(StageParams):
     texture_size: int = 64
+
+
+def bake_run(params, inputs, out: Path):
+    _log("bake_texture")
+    (out / "mesh.obj").write_text((inputs["mesh"] / "mesh.obj").read_text() + f" texture {params.texture_size}")
+    return {}
+
+
+class ExportParams(StageParams):
+    turntable_frames: int = 4
 
 
 def export_run(params, inputs, out: Path):
@@ -95,10 +105,12 @@ def eval_run(params, inputs, out: Path):
     return {"iou": 0.9}
 
 
-def _module(name, inputs, params, run, check=None) -> types.ModuleType:
+def _module(name, inputs, params, run, check=None, artifact=None) -> types.ModuleType:
     m = types.ModuleType(f"fake_stages.{name}")
     m.__file__ = __file__  # code_version hashes this file
     m.NAME, m.INPUTS, m.Params, m.run = name, inputs, params, run
+    if artifact:
+        m.ARTIFACT = artifact
     if check:
         m.check = check
     return m
@@ -107,7 +119,8 @@ def _module(name, inputs, params, run, check=None) -> types.ModuleType:
 MODULES = {
     "nerf_sds": _module("nerf_sds", ("prior",), NerfParams, nerf_run, nerf_check),
     "extract_mesh": _module("extract_mesh", ("nerf",), MeshParams, mesh_run),
-    "export_asset": _module("export_asset", ("mesh", "nerf"), ExportParams, export_run),
+    "bake_texture": _module("bake_texture", ("mesh", "nerf"), BakeParams, bake_run, artifact="mesh"),
+    "export_asset": _module("export_asset", ("mesh",), ExportParams, export_run),
     "evaluate": _module("evaluate", ("asset",), EvalParams, eval_run),
 }
 

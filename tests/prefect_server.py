@@ -196,7 +196,8 @@ PRIOR = Path(os.environ.get("DISTILL3D_TEST_PRIOR") or REPO / "models" / "toy_pr
 TINY: dict[str, dict] = {
     "nerf_sds": {"optimize.steps": 20, "preview_size": 32, "preview_views": 2},
     "extract_mesh": {"resolution": 32, "match_size": 16, "match_views": 2},
-    "export_asset": {"texture_size": 64, "turntable_frames": 4, "turntable_size": 32, "views": 2, "views_size": 32},
+    "bake_texture": {"texture_size": 64},
+    "export_asset": {"turntable_frames": 4, "turntable_size": 32, "views": 2, "views_size": 32},
     "evaluate": {"size": 32, "n_ring": 2},
 }
 

@@ -20,7 +20,7 @@ from browser import dump_dom
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "--steps", "60", "--set", "extract_mesh.resolution=48", "--set", "export_asset.texture_size=64",
+    "--steps", "60", "--set", "extract_mesh.resolution=48", "--set", "bake_texture.texture_size=64",
     "--set", "export_asset.turntable_frames=4", "--set", "export_asset.turntable_size=48",
     "--set", "export_asset.views_size=48", "--set", "evaluate.size=48",
 ]

@@ -24,7 +24,7 @@ PRIOR = REPO / "models" / "toy_prior"
 SMALL = [
     "--steps", "400",
     "--set", "extract_mesh.resolution=64", "--set", "extract_mesh.match_size=48",
-    "--set", "export_asset.texture_size=128", "--set", "export_asset.turntable_frames=6",
+    "--set", "bake_texture.texture_size=128", "--set", "export_asset.turntable_frames=6",
     "--set", "export_asset.turntable_size=64", "--set", "export_asset.views_size=64",
     "--set", "evaluate.size=64",
 ]
@@ -57,7 +57,7 @@ def test_generate_writes_a_complete_asset(first_run):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["prompt"] == "a purple sphere"
-    assert set(manifest["stages"]) >= {"nerf_sds", "extract_mesh", "export_asset", "evaluate"}
+    assert set(manifest["stages"]) >= {"nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["colour_name"] == "purple"
     assert metrics["iou_mean"] > 0.5  # 400 steps only; default settings are benchmarked

@@ -91,7 +91,7 @@ def test_dreamfusion_flow_matches_plan_and_generate_takes_the_fast_path(home, tm
     t0 = time.perf_counter()
     outputs = dreamfusion(PROMPT, prior=prior, params={"nerf_sds": {"optimize.steps": 3}})
     first_seconds = time.perf_counter() - t0
-    assert list(outputs) == ["nerf_sds", "extract_mesh", "export_asset", "evaluate"]
+    assert list(outputs) == ["nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate"]
     mesh_manifest = json.loads((Path(outputs["extract_mesh"]) / "manifest.json").read_text())
     assert mesh_manifest["params"] == {"resolution": 16}  # from DISTILL3D_PARAMS
 

@@ -30,7 +30,7 @@ pseudo_gt:
   refine: {steps: 4, strength: 0.5}
 texture_finetune:
   finetune: {steps: 6, sds_view_pool: 4, ssaa: 1}
-export_asset: {texture_size: 64, turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
+export_asset: {turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
 evaluate: {size: 32, n_ring: 4}
 """
 
@@ -61,7 +61,7 @@ def test_textmesh_end_to_end(tmp_path, monkeypatch) -> None:
     assert json.loads((Path(out["sdf_nerf"]) / "field.json").read_text())["type"] == "SDFField"
     level = json.loads((Path(out["extract_mesh"]) / "level.json").read_text())
     assert level["inside"] == "below" and level["watertight"]
-    for f in ("mesh.glb", "turntable.gif", "views.png"):
+    for f in ("mesh.glb", "turntable.gif", "views.png", "mesh_before.glb"):  # + the mesh before the fine-tune
         assert (Path(out["export_asset"]) / f).is_file()
     metrics = json.loads((Path(out["evaluate"]) / "metrics.json").read_text())
     assert metrics["iou_mean"] > 0 and metrics["chamfer"]["chamfer"] is not None

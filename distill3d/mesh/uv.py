@@ -91,3 +91,22 @@ def bake_texture(
         texture=torch.as_tensor(tex, dtype=torch.float32, device=mesh.vertices.device),
         vertex_colors=mesh.vertex_colors,
     )
+
+
+@torch.no_grad()
+def ensure_texture(
+    mesh: TexturedMesh, colour_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, size: int = 512,
+) -> TexturedMesh:
+    """``mesh`` with uv + texture: as it is if it has them, else xatlas-unwrapped and baked from ``colour_fn``
+    (e.g. a field's albedo), or from its own vertex colours (nearest vertex), or plain white."""
+    if mesh.texture is not None and mesh.uv is not None:
+        return mesh
+    if colour_fn is None and mesh.vertex_colors is not None:
+        verts, cols = mesh.vertices.float(), mesh.vertex_colors.float()
+
+        def colour_fn(p: torch.Tensor) -> torch.Tensor:
+            return cols[torch.cdist(p, verts).argmin(dim=1)]
+    elif colour_fn is None:
+        def colour_fn(p: torch.Tensor) -> torch.Tensor:
+            return torch.ones_like(p)
+    return bake_texture(unwrap(mesh, resolution=size), colour_fn, size=size)
