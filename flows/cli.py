@@ -141,6 +141,9 @@ def generate(
                                                      "dir, a stage output dir or a stage key (textmesh)")] = None,
     init_mode: Annotated[str, typer.Option(help="with --init-from: 'refine' reuses its geometry, 'sdf' starts "
                                            "the SDF from its mesh")] = "refine",
+    depth_prior: Annotated[Optional[Path], typer.Option(help="textmesh: a local Stable Diffusion 2 depth folder "
+                                                        "(diffusers layout) that makes the pseudo ground truth "
+                                                        "from the canonical views and their depth")] = None,
 ) -> None:
     """Generate a 3D asset from a prompt; stages already computed for the same inputs are reused."""
     if device not in ("cpu", "cuda"):
@@ -153,6 +156,10 @@ def generate(
         from flows.init import init_artifacts
 
         init = init_artifacts(init_from, init_mode)
+    if depth_prior is not None:
+        if method != "textmesh":
+            raise StageError(f"--depth-prior is for --method textmesh (its pseudo_gt stage), not {method}")
+        init = {**(init or {}), "depth_prior": str(depth_prior)}
     planned = plan(prompt, prior, overrides, seed, device, pfile, method, init=init)  # validates all, no Prefect
     info = {"method": method, "prompt": prompt, "seed": seed, "device": device, "prior": str(prior),
             "params_file": str(pfile) if pfile else None, "overrides": overrides, "cached": planned.complete}

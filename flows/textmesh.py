@@ -11,7 +11,8 @@
 
 `init` seeds the chain with existing artifacts (`flows.init.init_artifacts`, e.g. from a DreamFusion run):
 {"mesh": dir, "nerf": dir} skips steps 1-2 and refines that geometry's texture; {"init_mesh": dir} starts the SDF
-from that mesh (pysdf) instead of a sphere. Stage keys are content keys, so stages shared with a DreamFusion run of
+from that mesh (pysdf) instead of a sphere; {"depth_prior": dir} has a depth-conditioned model (SD 2 depth) make
+the pseudo ground truth in step 4, as in the paper. Stage keys are content keys, so stages shared with a DreamFusion run of
 the same prompt and inputs come from the store. The CLI's fast path (flows/plan.py) wires the same artifacts.
 """
 
@@ -51,7 +52,8 @@ def textmesh(
             nerf = outputs["sdf_nerf"] = stage("sdf_nerf", prior=prior, init_mesh=init.get("init_mesh"))
         mesh = outputs["extract_mesh"] = stage("extract_mesh", nerf=nerf)
     canonical = outputs["render_canonical_views"] = stage("render_canonical_views", mesh=mesh, nerf=nerf)
-    pseudo = outputs["pseudo_gt"] = stage("pseudo_gt", canonical=canonical, prior=prior)
+    pseudo = outputs["pseudo_gt"] = stage("pseudo_gt", canonical=canonical, prior=prior,
+                                          depth_prior=init.get("depth_prior"))
     tuned = outputs["texture_finetune"] = stage("texture_finetune", canonical=canonical, pseudo_gt=pseudo,
                                                 prior=prior)
     asset = outputs["export_asset"] = stage("export_asset", mesh=tuned)  # carries the mesh before step 5

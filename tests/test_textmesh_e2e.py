@@ -87,3 +87,22 @@ def test_textmesh_end_to_end(tmp_path, monkeypatch) -> None:
     seeded = plan(PROMPT, PRIOR, method="textmesh", init=init)
     assert [s.name for s in seeded.steps][0] == "render_canonical_views" and seeded.complete
     assert init_artifacts(out["export_asset"], "sdf") == {"init_mesh": out["export_asset"]}
+
+    # A depth-conditioned model for the pseudo ground truth (the paper's SD 2 depth; here a tiny random one of the
+    # same layout): pseudo_gt gets it as its `depth_prior` input and reads the views' depth; downstream re-keys.
+    from stages.common import StageError
+    from tiny_models import build_tiny_sd
+
+    depth_sd = build_tiny_sd(tmp_path / "sd_depth", depth=True)
+    with_depth = plan(PROMPT, PRIOR, method="textmesh", init={"depth_prior": str(depth_sd)})
+    steps = {s.name: s for s in with_depth.steps}
+    assert steps["render_canonical_views"].complete and not steps["pseudo_gt"].complete
+    assert steps["pseudo_gt"].inputs["depth_prior"] == depth_sd
+    pg = steps["pseudo_gt"]
+    done = execute(get_stage("pseudo_gt"), pg.params, pg.inputs, pg.out)
+    assert json.loads((done / "manifest.json").read_text())["extra"]["depth_conditioned"] is True
+    plain_sd = build_tiny_sd(tmp_path / "sd_plain")
+    wrong = plan(PROMPT, PRIOR, method="textmesh", init={"depth_prior": str(plain_sd)})
+    pg = next(s for s in wrong.steps if s.name == "pseudo_gt")
+    with pytest.raises(StageError, match="not depth-conditioned"):
+        execute(get_stage("pseudo_gt"), pg.params, pg.inputs, pg.out)

@@ -67,8 +67,10 @@ def build_tiny_sd(
     path: str | Path,
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
     seed: int = 0,
+    depth: bool = False,
 ) -> Path:
-    """Save a tiny random Stable Diffusion pipeline at ``path`` (created) and return it.
+    """Save a tiny random Stable Diffusion pipeline at ``path`` (created) and return it. ``depth``: a UNet with a
+    5th input channel, as SD 2 depth's.
 
     epsilon -> PNDMScheduler config (as SD 1.5 ships), v_prediction -> DDPMScheduler config (as SD 2.1's
     768-v model is used for distillation). Deterministic for a given seed.
@@ -92,7 +94,7 @@ def build_tiny_sd(
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=TINY_RESOLUTION // 2,
-        in_channels=4,
+        in_channels=5 if depth else 4,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(8, 16),

@@ -7,6 +7,8 @@ maths lives in ``distill3d.guidance``, never here: a prior only encodes prompts 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +42,28 @@ class Prior(abc.ABC):
     num_train_timesteps: int
     alphas_cumprod: torch.Tensor
     device: torch.device
+    # A depth-conditioned prior's denoiser also reads the views' depth (Stable Diffusion 2 depth: a 5th UNet input
+    # channel), set for a block of calls by ``depth_condition``.
+    depth_conditioned: bool = False
+    _disparity: torch.Tensor | None = None
+
+    @contextmanager
+    def depth_condition(self, depth: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+        """Within the block a depth-conditioned prior's denoiser sees these views' geometry; a no-op for others.
+
+        depth (B, H, W): distance along each pixel's ray; mask (B, H, W): coverage. Kept as relative inverse
+        depth (near = large, background 0): what the monocular estimator that SD 2 depth was trained with (DPT)
+        gives. The B views are the batch of every ``predict_noise`` call in the block (or a divisor of it, e.g.
+        the 2B of classifier-free guidance)."""
+        if not self.depth_conditioned:
+            yield
+            return
+        disparity = torch.where(mask > 0.5, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+        self._disparity = disparity[:, None].to(self.device, torch.float32)
+        try:
+            yield
+        finally:
+            self._disparity = None
 
     @abc.abstractmethod
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

@@ -2,6 +2,10 @@
 
 The folder is what ``StableDiffusionPipeline.save_pretrained`` writes (``unet/``, ``vae/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/``); every part is read with ``local_files_only=True`` so nothing contacts a hub.
+A UNet with one input channel more than the latents is SD 2 depth's (``stable-diffusion-2-depth``): the prior is
+then ``depth_conditioned`` and concatenates the views' depth to every UNet input, as diffusers'
+``StableDiffusionDepth2ImgPipeline`` does with its estimated depth (its ``depth_estimator/`` is not needed: the
+renderer knows the depth).
 Ideas follow the diffusers pipelines (prompt encoding, VAE scaling) and threestudio's stable_diffusion_guidance
 (frozen modules, fp16 UNet with fp32 guidance maths).
 """
@@ -108,6 +112,11 @@ class StableDiffusionPrior(Prior):
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.resolution = int(self.unet.config.sample_size) * self.vae_scale_factor
         self.max_length = int(self.tokenizer.model_max_length)
+        extra = int(self.unet.config.in_channels) - self.latent_channels
+        if extra not in (0, 1):
+            raise PriorError(f"{self.path}: the UNet takes {self.unet.config.in_channels} input channels, the VAE "
+                             f"gives {self.latent_channels}: expected equal (text-to-image) or one more (SD 2 depth)")
+        self.depth_conditioned = extra == 1
 
     # ------------------------------------------------------------------ text
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -154,14 +163,29 @@ class StableDiffusionPrior(Prior):
         t = t.to(self.device).long().reshape(-1)
         if t.numel() == 1 and x_t.shape[0] > 1:
             t = t.expand(x_t.shape[0])
-        out = self.unet(
-            x_t.to(self.device, self.dtype), t, encoder_hidden_states=text.to(self.device, self.dtype)
-        ).sample
+        x = x_t.to(self.device, self.dtype)
+        if self.depth_conditioned:
+            x = torch.cat([x, self._depth_channel(x.shape).to(self.dtype)], dim=1)
+        out = self.unet(x, t, encoder_hidden_states=text.to(self.device, self.dtype)).sample
         eps = to_epsilon(out.float(), x_t.to(self.device).float(), self.alphas_cumprod[t], self.prediction_type)
         return eps.to(x_t.dtype)
+
+    def _depth_channel(self, shape: torch.Size) -> torch.Tensor:
+        """The depth input of SD 2 depth for a (B, 4, h, w) batch: the views' inverse depth resized to h x w
+        (bicubic) and scaled to [-1, 1] per view, as ``StableDiffusionDepth2ImgPipeline.prepare_depth_map``."""
+        if self._disparity is None:
+            raise PriorError(f"{self.path} is a depth-conditioned model (SD 2 depth): it needs the views' depth, "
+                             "so use it where depth is known (the pseudo_gt stage), or pass a text-to-image model")
+        d = F.interpolate(self._disparity, size=tuple(shape[-2:]), mode="bicubic", align_corners=False)
+        lo, hi = d.amin(dim=(1, 2, 3), keepdim=True), d.amax(dim=(1, 2, 3), keepdim=True)
+        d = 2.0 * (d - lo) / (hi - lo).clamp_min(1e-8) - 1.0
+        if shape[0] % d.shape[0]:
+            raise PriorError(f"depth for {d.shape[0]} views cannot condition a batch of {shape[0]}")
+        return d.repeat(shape[0] // d.shape[0], 1, 1, 1)
 
     def __repr__(self) -> str:
         return (
             f"StableDiffusionPrior(path={str(self.path)!r}, device={self.device}, dtype={self.dtype}, "
-            f"resolution={self.resolution}, prediction_type={self.prediction_type!r})"
+            f"resolution={self.resolution}, prediction_type={self.prediction_type!r}, "
+            f"depth_conditioned={self.depth_conditioned})"
         )

@@ -6,11 +6,16 @@ Layout. TextMesh tiles the 4 canonical views 2x2 into one image so the diffusion
 (consistent colours across views). ``layout="tiled"`` does exactly that: the tile is resized to the prior's
 resolution, refined with the plain prompt, resized back and split. The toy prior works at 32x32, where a 2x2 tile
 leaves 16x16 pixels per view -- too few for it -- so the default ``layout="per_view"`` refines the 4 views as one
-batch at the prior's resolution, each with its view phrase (front / side / back / side). A depth-conditioned
-prior is not part of the ``Prior`` interface yet: ``render_canonical_views`` saves depth for one, unused here.
+batch at the prior's resolution, each with its view phrase (front / side / back / side).
+
+Depth. TextMesh refines with a depth-conditioned model (SD 2 depth) so the refined views keep the mesh's shape.
+Given the views' ``depth``, a ``depth_conditioned`` prior sees it (tiled like the views) in every denoising step
+(``Prior.depth_condition``); other priors (the toy prior, text-to-image SD) ignore it.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +44,16 @@ class PseudoGTConfig(BaseModel):
 
 
 def img2img(prior: Prior, images: torch.Tensor, prompts: list[str], strength: float, guidance_scale: float,
-            steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+            steps: int, generator: torch.Generator | None = None,
+            depth: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> refined (B, 3, H, W): resized to the prior's resolution, noised to ``strength``,
-    DDIM-denoised with CFG (``priors.sampling.sample_images``), resized back to H x W."""
+    DDIM-denoised with CFG (``priors.sampling.sample_images``), resized back to H x W. ``depth``: the views'
+    (depth, coverage), each (B, H, W), for a depth-conditioned prior."""
     H, W = images.shape[-2:]
     x = resize_to_prior(images, prior.resolution)
-    out = sample_images(prior, prompts, steps=steps, guidance_scale=guidance_scale, generator=generator, init=x,
-                        strength=strength)
+    with prior.depth_condition(*depth) if depth is not None else nullcontext():
+        out = sample_images(prior, prompts, steps=steps, guidance_scale=guidance_scale, generator=generator, init=x,
+                            strength=strength)
     if out.shape[-2:] != (H, W):
         out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
     return out.clamp(0.0, 1.0)
@@ -54,8 +62,9 @@ def img2img(prior: Prior, images: torch.Tensor, prompts: list[str], strength: fl
 @torch.no_grad()
 def pseudo_ground_truth(prior: Prior, views: torch.Tensor, masks: torch.Tensor, prompt: str, cfg: PseudoGTConfig,
                         view_phrases: list[str] | None = None, generator: torch.Generator | None = None,
-                        background: float = 1.0) -> dict[str, torch.Tensor]:
-    """Refine 4 canonical views (4, H, W, 3) with coverage ``masks`` (4, H, W) into pseudo ground truth.
+                        background: float = 1.0, depth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Refine 4 canonical views (4, H, W, 3) with coverage ``masks`` (4, H, W) into pseudo ground truth
+    (``depth`` (4, H, W): the views' depth, read by a depth-conditioned prior).
 
     Returns refined (4, H, W, 3) (the prior's output everywhere), pseudo_gt (4, H, W, 3) = refined inside the mask
     (coverage > mask_threshold), the input view outside, and ``keep`` (4, H, W) bool (the mask used).
@@ -64,14 +73,16 @@ def pseudo_ground_truth(prior: Prior, views: torch.Tensor, masks: torch.Tensor, 
     k = cfg.samples
     if cfg.layout == "tiled":
         tile = tile_2x2(views).permute(2, 0, 1)[None]  # (1, 3, 2H, 2W)
+        geometry = None if depth is None else (tile_2x2(depth)[None], tile_2x2(masks)[None])
         out = img2img(prior, tile.expand(k, -1, -1, -1), [prompt] * k, cfg.strength, cfg.guidance_scale, cfg.steps,
-                      generator)
+                      generator, geometry)
         refined = untile_2x2(out.mean(0).permute(1, 2, 0))
     else:
         phrases = view_phrases or ["front", "side", "back", "side"]
         prompts = [f"{prompt}, {v} view" for v in phrases] if cfg.view_prompts else [prompt] * len(phrases)
+        geometry = None if depth is None else (depth, masks)
         out = img2img(prior, imgs.repeat(k, 1, 1, 1), prompts * k, cfg.strength, cfg.guidance_scale, cfg.steps,
-                      generator)
+                      generator, geometry)
         refined = out.view(k, *imgs.shape).mean(0).permute(0, 2, 3, 1)
     keep = masks > cfg.mask_threshold
     pseudo = torch.where(keep[..., None], refined, views)
