@@ -12,8 +12,8 @@
 `init` seeds the chain with existing artifacts (`flows.init.init_artifacts`, e.g. from a DreamFusion run):
 {"mesh": dir, "nerf": dir} skips steps 1-2 and refines that geometry's texture; {"init_mesh": dir} starts the SDF
 from that mesh (pysdf) instead of a sphere; {"depth_prior": dir} has a depth-conditioned model (SD 2 depth) make
-the pseudo ground truth in step 4, as in the paper. Stage keys are content keys, so stages shared with a DreamFusion run of
-the same prompt and inputs come from the store. The CLI's fast path (flows/plan.py) wires the same artifacts.
+the pseudo ground truth in step 4, as in the paper. Stage keys are content keys, so stages shared with a
+DreamFusion run of the same prompt and inputs come from the store. The CLI's fast path (flows/plan.py) wires the same artifacts.
 """
 
 from __future__ import annotations

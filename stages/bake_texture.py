@@ -36,8 +36,7 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.viz.grid import save_grid
 
     mesh = load_glb(Path(inputs["mesh"]) / "mesh.glb")
-    textured = mesh.texture is not None and mesh.uv is not None
-    source = "mesh" if textured else "vertex colours" if mesh.vertex_colors is not None else "field"
+    source = "mesh" if mesh.has_uv_texture else "vertex colours" if mesh.vertex_colors is not None else "field"
     if source == "field" and "nerf" not in inputs:
         raise StageError(f"mesh {inputs['mesh']} has no texture or colours: pass its field as --in nerf=DIR")
     field = load_field(inputs["nerf"]) if source == "field" else None

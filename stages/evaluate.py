@@ -45,7 +45,8 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
                              elevation=params.elevation, clip_model=params.clip_model)
     before_mesh = Path(inputs["asset"]) / MESH_BEFORE
     if before_mesh.is_file():
-        before = evaluate_asset(load_asset(before_mesh), params.prompt, size=params.size, n_ring=params.n_ring, elevation=params.elevation, clip_model=None)
+        before = evaluate_asset(load_asset(before_mesh), params.prompt, size=params.size, n_ring=params.n_ring,
+                                elevation=params.elevation, clip_model=None)
         metrics["before"] = {k: before[k] for k in BEFORE_KEYS}
         after_err, before_err = metrics["colour_error_lab"], before["colour_error_lab"]
         metrics["texture_improvement"] = (None if after_err is None or before_err is None

@@ -41,7 +41,7 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.viz.asset_views import save_asset_views
 
     mesh = load_glb(Path(inputs["mesh"]) / "mesh.glb")
-    if (mesh.texture is None or mesh.uv is None) and mesh.vertex_colors is None:
+    if not mesh.is_coloured:
         raise StageError(f"mesh {inputs['mesh']} has no texture or colours: bake one first "
                          f"(python -m stages bake_texture --in mesh={inputs['mesh']} --in nerf=FIELD_DIR ...)")
     save_glb(mesh, out / "mesh.glb")

@@ -4,10 +4,10 @@ outside the masks; a depth-conditioned prior (SD 2 depth) also reads the views' 
 distill3d.texture.pseudo_gt for the layout choice (per view at the toy prior's 32x32, or the
 2x2 tile as in the paper with `refine.layout=tiled`).
 
-Inputs `canonical` (render_canonical_views) and `prior`; optional `depth_prior`: a depth-conditioned diffusers folder
-(Stable Diffusion 2 depth) that refines the views instead of `prior`, reading their depth as TextMesh does
-(`distill3d generate --method textmesh --depth-prior DIR`). Output: `pseudo_gt.safetensors` (pseudo_gt, refined: (4, H, W, 3),
-keep: (4, H, W)), `pseudo_gt.png` (2x2 tiles: input | refined | pseudo ground truth).
+Inputs `canonical` (render_canonical_views) and `prior`; optional `depth_prior`: a depth-conditioned diffusers
+folder (Stable Diffusion 2 depth) that refines the views instead of `prior`, reading their depth as TextMesh does
+(`distill3d generate --method textmesh --depth-prior DIR`). Output: `pseudo_gt.safetensors` (pseudo_gt, refined:
+(4, H, W, 3), keep: (4, H, W)), `pseudo_gt.png` (2x2 tiles: input | refined | pseudo ground truth).
 """
 
 from __future__ import annotations

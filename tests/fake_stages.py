@@ -1,4 +1,5 @@
-"""Fake nerf_sds / extract_mesh / bake_texture / export_asset / evaluate stages for testing the plumbing (no torch, ~ms each).
+"""Fake nerf_sds / extract_mesh / bake_texture / export_asset / evaluate stages for testing the plumbing (no torch,
+~ms each).
 
 `register()` installs them through the lazy import hook (stages.common.register_stage); every run is appended to
 $FAKE_STAGE_LOG so tests can tell runs from cache hits, also across processes.

@@ -59,7 +59,7 @@ def _surface_samples(mesh: TexturedMesh, n: int, generator: torch.Generator) -> 
     bary = torch.stack([1 - r[:, 0] - r[:, 1], r[:, 0], r[:, 1]], dim=-1)  # (n, 3)
     pts = (bary[:, :, None] * tri[fid]).sum(1)
     colours = None
-    if mesh.texture is not None and mesh.uv is not None:
+    if mesh.has_uv_texture:
         uv = (bary[:, :, None] * mesh.uv.float()[f[fid]]).sum(1)
         colours = sample_texture(mesh.texture.float(), uv)
     elif mesh.vertex_colors is not None:

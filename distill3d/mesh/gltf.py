@@ -25,7 +25,7 @@ def to_trimesh(mesh: TexturedMesh) -> trimesh.Trimesh:
     """``TexturedMesh`` -> ``trimesh.Trimesh`` with a PBR texture material or vertex colours (no processing)."""
     v = mesh.vertices.detach().cpu().numpy().astype(np.float64)
     f = mesh.faces.detach().cpu().numpy().astype(np.int64)
-    if mesh.texture is not None and mesh.uv is not None:
+    if mesh.has_uv_texture:
         tex = (mesh.texture.detach().cpu().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
         material = trimesh.visual.material.PBRMaterial(
             baseColorTexture=Image.fromarray(tex), metallicFactor=0.0, roughnessFactor=1.0,

@@ -40,7 +40,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 
 def mesh_albedo(mesh: TexturedMesh, frags, faces: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) albedo: the UV texture if present, else vertex colours, else white."""
-    if mesh.texture is not None and mesh.uv is not None:
+    if mesh.has_uv_texture:
         uv = interpolate(mesh.uv, frags, faces)
         return sample_texture(mesh.texture, uv)
     if mesh.vertex_colors is not None:

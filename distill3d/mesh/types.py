@@ -22,6 +22,16 @@ class TexturedMesh:
     texture: torch.Tensor | None = None
     vertex_colors: torch.Tensor | None = None
 
+    @property
+    def has_uv_texture(self) -> bool:
+        """True when the mesh carries a texture image and the uv to read it."""
+        return self.texture is not None and self.uv is not None
+
+    @property
+    def is_coloured(self) -> bool:
+        """True when the mesh has any colour of its own: a uv texture or vertex colours."""
+        return self.has_uv_texture or self.vertex_colors is not None
+
     def to(self, device: torch.device | str) -> "TexturedMesh":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TexturedMesh(*(move(getattr(self, f)) for f in ("vertices", "faces", "uv", "texture", "vertex_colors")))

@@ -99,7 +99,7 @@ def ensure_texture(
 ) -> TexturedMesh:
     """``mesh`` with uv + texture: as it is if it has them, else xatlas-unwrapped and baked from ``colour_fn``
     (e.g. a field's albedo), or from its own vertex colours (nearest vertex), or plain white."""
-    if mesh.texture is not None and mesh.uv is not None:
+    if mesh.has_uv_texture:
         return mesh
     if colour_fn is None and mesh.vertex_colors is not None:
         verts, cols = mesh.vertices.float(), mesh.vertex_colors.float()
