@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import StageError, StageParams
+from stages.common import StageError, StageParams, require_file
 
 NAME = "bake_texture"
 ARTIFACT = "mesh"  # a textured mesh, as texture_finetune's output
@@ -25,8 +25,7 @@ class Params(StageParams):
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
-    if not (Path(inputs["mesh"]) / "mesh.glb").is_file():
-        raise StageError(f"input mesh {inputs['mesh']} holds no mesh.glb (pass an extract_mesh output)")
+    require_file(inputs, "mesh", "mesh.glb", "pass an extract_mesh output")
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:

@@ -341,6 +341,12 @@ def all_inputs(stage_module: ModuleType) -> tuple[str, ...]:
     return tuple(stage_module.INPUTS) + tuple(getattr(stage_module, "OPTIONAL_INPUTS", ()))
 
 
+def require_file(inputs: Mapping[str, Path | str], name: str, file: str, hint: str = "") -> None:
+    """StageError unless input artifact ``name`` holds ``file``; ``hint`` says what to pass instead."""
+    if not (Path(inputs[name]) / file).is_file():
+        raise StageError(f"input {name} {inputs[name]} holds no {file}" + (f" ({hint})" if hint else ""))
+
+
 def check_inputs(stage_module: ModuleType, inputs: Mapping[str, Path | str]) -> None:
     extra = sorted(set(inputs) - set(all_inputs(stage_module)))
     if extra:

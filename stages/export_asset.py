@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import MESH_BEFORE, StageError, StageParams
+from stages.common import MESH_BEFORE, StageError, StageParams, require_file
 
 NAME = "export_asset"
 INPUTS = ("mesh",)
@@ -30,8 +30,7 @@ class Params(StageParams):
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
-    if not (Path(inputs["mesh"]) / "mesh.glb").is_file():
-        raise StageError(f"input mesh {inputs['mesh']} holds no mesh.glb")
+    require_file(inputs, "mesh", "mesh.glb")
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import Field
 
 from distill3d.texture.pseudo_gt import PseudoGTConfig
-from stages.common import StageError
+from stages.common import StageError, require_file
 from stages.prompted import PromptedParams, check_prompted, load_stage_prior
 
 NAME = "pseudo_gt"
@@ -34,9 +34,7 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
     if "depth_prior" in inputs and not Path(inputs["depth_prior"]).is_dir():
         raise StageError(f"depth_prior {inputs['depth_prior']} not found: pass a local diffusers folder of "
                          "Stable Diffusion 2 depth (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
-    if not (Path(inputs["canonical"]) / "views.safetensors").is_file():
-        raise StageError(f"input canonical {inputs['canonical']} holds no views.safetensors "
-                         "(pass a render_canonical_views output)")
+    require_file(inputs, "canonical", "views.safetensors", "pass a render_canonical_views output")
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:

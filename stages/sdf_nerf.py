@@ -20,7 +20,7 @@ from distill3d.fields.sdf import SDFConfig
 from distill3d.fields.sdf_init import MeshInitConfig
 from distill3d.guidance.sds import SDSConfig
 from distill3d.optimize.config import DistillConfig
-from stages.common import StageError, work_dir
+from stages.common import require_file, work_dir
 from stages.prompted import PromptedParams, check_prompted, load_stage_prior, save_field_outputs
 
 NAME = "sdf_nerf"
@@ -54,8 +54,8 @@ class Params(PromptedParams):
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
     check_prompted(params, inputs)
-    if "init_mesh" in inputs and not (Path(inputs["init_mesh"]) / "mesh.glb").is_file():
-        raise StageError(f"init_mesh {inputs['init_mesh']} holds no mesh.glb (pass an extract_mesh or asset dir)")
+    if "init_mesh" in inputs:
+        require_file(inputs, "init_mesh", "mesh.glb", "pass an extract_mesh or asset dir")
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field
 
 from distill3d.texture.finetune import TextureFinetuneConfig
-from stages.common import MESH_BEFORE, StageError
+from stages.common import MESH_BEFORE, require_file
 from stages.prompted import PromptedParams, check_device, check_prompted, load_stage_prior
 
 NAME = "texture_finetune"
@@ -31,8 +31,7 @@ class Params(PromptedParams):
 def check(params: Params, inputs: dict[str, Path]) -> None:
     check_prompted(params, inputs)
     for name, file in (("canonical", "mesh.glb"), ("canonical", "cameras.json"), ("pseudo_gt", "pseudo_gt.safetensors")):
-        if not (Path(inputs[name]) / file).is_file():
-            raise StageError(f"input {name} {inputs[name]} holds no {file}")
+        require_file(inputs, name, file)
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
