@@ -43,7 +43,7 @@ class LinearPrior(Prior):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return (x0 + 1.0) / 2.0
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, cond=None) -> torch.Tensor:
         self.calls += 1
         self.last_x_t, self.last_t = x_t.clone(), t.clone()
         return self.A * x_t + self.B * text[:, 0, 0].view(-1, 1, 1, 1)
@@ -116,8 +116,8 @@ def test_timestep_annealing_range() -> None:
 
 def test_grad_clip_and_nan_guard() -> None:
     class NanPrior(LinearPrior):
-        def predict_noise(self, x_t, t, text):
-            out = super().predict_noise(x_t, t, text)
+        def predict_noise(self, x_t, t, text, cond=None):
+            out = super().predict_noise(x_t, t, text, cond)
             out[..., 0, 0] = float("nan")
             return out * 1e3
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distill3d.priors.base import PriorError
+from distill3d.priors.base import Conditioning, PriorError
+from distill3d.priors.stable_diffusion import disparity
 from distill3d.priors.loading import load_prior
 from distill3d.texture.pseudo_gt import PseudoGTConfig, pseudo_ground_truth
 from tiny_models import TINY_RESOLUTION, build_tiny_sd
@@ -39,14 +40,13 @@ def test_a_five_channel_unet_makes_a_depth_conditioned_prior_that_asks_for_depth
     with pytest.raises(PriorError, match="needs the views' depth"):
         sd_depth.predict_noise(x, t, text)
     _, mask, depth = _views(2)
-    with torch.no_grad(), sd_depth.depth_condition(depth, mask):
-        eps = sd_depth.predict_noise(x, t, text)
-        cfg = sd_depth.predict_noise_cfg(x, t, sd_depth.embed(["a red cube"] * 2), 3.0)[0]  # a 2B batch
-    with torch.no_grad(), sd_depth.depth_condition(depth.flip(-1), mask.flip(-1)):
-        flipped = sd_depth.predict_noise(x, t, text)
+    cond = Conditioning(depth=depth, mask=mask)
+    with torch.no_grad():
+        eps = sd_depth.predict_noise(x, t, text, cond)
+        cfg = sd_depth.predict_noise_cfg(x, t, sd_depth.embed(["a red cube"] * 2), 3.0, cond)[0]  # a 2B batch
+        flipped = sd_depth.predict_noise(x, t, text, Conditioning(depth=depth.flip(-1), mask=mask.flip(-1)))
     assert eps.shape == x.shape and cfg.shape == x.shape
     assert (eps - flipped).abs().max() > 1e-4  # the depth reaches the UNet
-    assert sd_depth._disparity is None  # the block ended
 
 
 def test_depth_channel_is_what_diffusers_depth2img_pipeline_feeds_its_unet(sd_depth) -> None:
@@ -54,18 +54,17 @@ def test_depth_channel_is_what_diffusers_depth2img_pipeline_feeds_its_unet(sd_de
 
     _, mask, depth = _views(3, seed=1)
     h = TINY_RESOLUTION // 2
-    with sd_depth.depth_condition(depth, mask):
-        ours = sd_depth._depth_channel(torch.Size((6, 4, h, h)))  # the CFG batch of 3 views
-        disparity = sd_depth._disparity[:, 0]
+    ours = sd_depth.depth_channel(torch.Size((6, 4, h, h)), Conditioning(depth=depth, mask=mask))  # CFG batch of 3
+    inverse = disparity(depth, mask)[:, 0]
     # the pipeline's own preparation of a given (estimated) depth map: resize to the latents, scale to [-1, 1]
     fake = SimpleNamespace(vae_scale_factor=sd_depth.vae_scale_factor)
     image = torch.zeros(3, 3, TINY_RESOLUTION, TINY_RESOLUTION)
-    ref = StableDiffusionDepth2ImgPipeline.prepare_depth_map(fake, image, disparity, 3, True, torch.float32, "cpu")
+    ref = StableDiffusionDepth2ImgPipeline.prepare_depth_map(fake, image, inverse, 3, True, torch.float32, "cpu")
     # (the pipeline resizes from the map's size to image size / 8; ours from the same map to the same size)
     assert ref.shape == ours.shape == (6, 1, h, h)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    near = disparity[0][mask[0] > 0.5].max()
-    assert near == pytest.approx(1 / depth[0][mask[0] > 0.5].min()) and disparity[0][mask[0] < 0.5].abs().max() == 0
+    near = inverse[0][mask[0] > 0.5].max()
+    assert near == pytest.approx(1 / depth[0][mask[0] > 0.5].min()) and inverse[0][mask[0] < 0.5].abs().max() == 0
 
 
 def test_pseudo_gt_with_a_depth_prior_reads_the_depth_and_keeps_the_background(sd_depth) -> None:

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from distill3d.priors.base import Prior, TextEmbeddings
+from distill3d.cameras import Cameras
+from distill3d.priors.base import Conditioning, Prior, TextEmbeddings
 
 Weighting = Literal["dreamfusion", "uniform", "fantasia3d"]
 
@@ -42,9 +43,6 @@ class SDSConfig(BaseModel):
     weighting: Weighting = "dreamfusion"
     grad_clip: float | None = Field(None, gt=0.0)
     nan_guard: bool = True
-
-    def to_dict(self) -> dict:
-        return self.model_dump()
 
 
 def t_range(cfg: SDSConfig, progress: float) -> tuple[float, float]:
@@ -91,8 +89,10 @@ def sds_loss(
     cfg: SDSConfig,
     progress: float,
     generator: torch.Generator | None = None,
+    cameras: Cameras | None = None,
 ) -> dict:
-    """SDS on rendered ``images`` (B, 3, H, W) in [0, 1] with per-image prompt embeddings ``text`` (cond (B, L, D)).
+    """SDS on rendered ``images`` (B, 3, H, W) in [0, 1] with per-image prompt embeddings ``text`` (cond (B, L, D)),
+    seen from ``cameras`` (B) (read by camera-conditioned priors).
 
     Returns {"loss_sds": scalar whose gradient w.r.t. x_0 is w(t)(eps_hat - eps)/B, "t": (B,) long,
     "grad_norm": float (norm of g over the batch), "w": (B,)}.
@@ -103,7 +103,8 @@ def sds_loss(
     noise = torch.randn(x0.shape, generator=generator).to(device=dev, dtype=x0.dtype)
     with torch.no_grad():
         x_t = prior.add_noise(x0.detach(), noise, t)
-        eps_hat, _, _ = prior.predict_noise_cfg(x_t, t, text, cfg.guidance_scale)
+        cond = None if cameras is None else Conditioning(cameras=cameras)
+        eps_hat, _, _ = prior.predict_noise_cfg(x_t, t, text, cfg.guidance_scale, cond)
         w = sds_weight(prior.alphas_cumprod.to(dev)[t].to(x0.dtype), cfg.weighting)
         g = w.view(-1, *([1] * (x0.dim() - 1))) * (eps_hat.to(x0.dtype) - noise)
         if cfg.nan_guard:
@@ -116,12 +117,13 @@ def sds_loss(
 
 
 class Guidance(Protocol):
-    """What the optimisation loop calls each step: ``guidance(prior, images, text, progress, generator)`` ->
-    dict with at least one ``loss_*`` scalar (SDS, VSD, multi-view SDS ...). Objects with trainable state (VSD's
-    LoRA) also expose ``state_dict()`` / ``load_state_dict()`` and are checkpointed with the field."""
+    """What the optimisation loop calls each step: ``guidance(prior, images, text, progress, generator=,
+    cameras=)`` -> dict with at least one ``loss_*`` scalar (SDS, VSD, multi-view SDS ...). ``cameras`` are the B
+    views the images were rendered from. Objects with trainable state (VSD's LoRA) also expose ``state_dict()`` /
+    ``load_state_dict()`` and are checkpointed with the field."""
 
     def __call__(self, prior: Prior, images: torch.Tensor, text: TextEmbeddings, progress: float,
-                 generator: torch.Generator | None = None) -> dict: ...
+                 generator: torch.Generator | None = None, cameras: Cameras | None = None) -> dict: ...
 
 
 class SDSGuidance:
@@ -131,5 +133,5 @@ class SDSGuidance:
         self.cfg = cfg or SDSConfig()
 
     def __call__(self, prior: Prior, images: torch.Tensor, text: TextEmbeddings, progress: float,
-                 generator: torch.Generator | None = None) -> dict:
-        return sds_loss(prior, images, text, self.cfg, progress, generator)
+                 generator: torch.Generator | None = None, cameras: Cameras | None = None) -> dict:
+        return sds_loss(prior, images, text, self.cfg, progress, generator, cameras)

@@ -152,7 +152,7 @@ def distill_field(
             images = out["rgb"].permute(0, 3, 1, 2)
             t2 = time.perf_counter()
             text = prompts.for_cameras(cams, textureless=mode == "textureless")
-            g = guide(prior, images, text, progress_frac, generator=gen)
+            g = guide(prior, images, text, progress_frac, generator=gen, cameras=cams)
             t3 = time.perf_counter()
             losses = {k: v for k, v in g.items() if k.startswith("loss_")}
             if "sample_weights" in out and cfg.lambda_orient > 0:

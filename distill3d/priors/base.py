@@ -7,12 +7,12 @@ maths lives in ``distill3d.guidance``, never here: a prior only encodes prompts 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+
+from distill3d.cameras import Cameras
 
 
 class PriorError(ValueError):
@@ -25,6 +25,35 @@ class TextEmbeddings:
 
     cond: torch.Tensor
     uncond: torch.Tensor
+
+
+@dataclass
+class Conditioning:
+    """Explicit extra conditioning of a denoiser call, one entry per image of the batch (never hidden state).
+
+    cameras: the views' cameras (B): a multi-view prior (MVDream) and a camera-conditioned LoRA (VSD) read them.
+    depth (B, H, W): distance along each pixel's ray, with ``mask`` (B, H, W) its coverage: a depth-conditioned
+    prior (Stable Diffusion 2 depth) reads them. Priors ignore what they do not use.
+    """
+
+    cameras: Cameras | None = None
+    depth: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def repeat(self, n: int) -> "Conditioning":
+        """The conditioning of a batch made of ``n`` copies of this one (e.g. the 2B of classifier-free guidance)."""
+        if n == 1:
+            return self
+        cams = None
+        if self.cameras is not None:
+            idx = list(range(len(self.cameras))) * n
+            cams = self.cameras[idx]
+        rep = lambda x: None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))  # noqa: E731
+        return replace(self, cameras=cams, depth=rep(self.depth), mask=rep(self.mask))
+
+
+def repeat_conditioning(cond: Conditioning | None, n: int) -> Conditioning | None:
+    return None if cond is None else cond.repeat(n)
 
 
 class Prior(abc.ABC):
@@ -43,27 +72,11 @@ class Prior(abc.ABC):
     alphas_cumprod: torch.Tensor
     device: torch.device
     # A depth-conditioned prior's denoiser also reads the views' depth (Stable Diffusion 2 depth: a 5th UNet input
-    # channel), set for a block of calls by ``depth_condition``.
+    # channel), given as ``Conditioning.depth``; a multi-view prior reads ``Conditioning.cameras``.
     depth_conditioned: bool = False
-    _disparity: torch.Tensor | None = None
-
-    @contextmanager
-    def depth_condition(self, depth: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
-        """Within the block a depth-conditioned prior's denoiser sees these views' geometry; a no-op for others.
-
-        depth (B, H, W): distance along each pixel's ray; mask (B, H, W): coverage. Kept as relative inverse
-        depth (near = large, background 0): what the monocular estimator that SD 2 depth was trained with (DPT)
-        gives. The B views are the batch of every ``predict_noise`` call in the block (or a divisor of it, e.g.
-        the 2B of classifier-free guidance)."""
-        if not self.depth_conditioned:
-            yield
-            return
-        disparity = torch.where(mask > 0.5, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
-        self._disparity = disparity[:, None].to(self.device, torch.float32)
-        try:
-            yield
-        finally:
-            self._disparity = None
+    camera_conditioned: bool = False
+    # Consecutive groups of this many images form one multi-view sample (MVDream: 4); 1 for single-view priors.
+    views_per_sample: int = 1
 
     @abc.abstractmethod
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -89,22 +102,27 @@ class Prior(abc.ABC):
         """x_0 in model space -> (B, 3, H, W) RGB in [0, 1]."""
 
     @abc.abstractmethod
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """epsilon-hat(x_t; y, t) for (B, C, h, w) x_t, (B,) integer t, (B, L, D) text. Always returns epsilon,
-        converting from the model's own parameterisation (v or x_0) where needed. Not differentiable to inputs
-        in score distillation use: callers wrap it in ``torch.no_grad()``."""
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                      cond: Conditioning | None = None) -> torch.Tensor:
+        """epsilon-hat(x_t; y, t, c) for (B, C, h, w) x_t, (B,) integer t, (B, L, D) text and the optional explicit
+        conditioning ``cond`` (cameras, depth) of the B images. Always returns epsilon, converting from the model's
+        own parameterisation (v or x_0) where needed. Not differentiable to inputs in score distillation use:
+        callers wrap it in ``torch.no_grad()``."""
 
     def predict_noise_cfg(
-        self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, guidance_scale: float
+        self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, guidance_scale: float,
+        cond: Conditioning | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Classifier-free guidance (Ho & Salimans 2022; DreamFusion eq. 1):
-        eps_guided = eps_uncond + w (eps_cond - eps_uncond). One batched UNet call of size 2B.
+        eps_guided = eps_uncond + w (eps_cond - eps_uncond). One batched UNet call of size 2B; ``cond`` applies
+        to both halves.
 
         Returns (eps_guided, eps_cond, eps_uncond).
         """
         b = x_t.shape[0]
         uncond = text.uncond.expand(b, -1, -1)
-        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text.cond, uncond]))
+        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text.cond, uncond]),
+                                 repeat_conditioning(cond, 2))
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond), eps_cond, eps_uncond
 

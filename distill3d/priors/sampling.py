@@ -6,14 +6,14 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from distill3d.priors.base import Prior
+from distill3d.priors.base import Conditioning, Prior
 
 
 @torch.no_grad()
 def sample_images(
     prior: Prior, prompts: list[str], steps: int = 50, guidance_scale: float = 3.0,
     generator: torch.Generator | None = None, shape: tuple[int, int, int] | None = None,
-    init: torch.Tensor | None = None, strength: float = 1.0,
+    init: torch.Tensor | None = None, strength: float = 1.0, cond: Conditioning | None = None,
 ) -> torch.Tensor:
     """DDIM samples for ``prompts`` -> (B, 3, H, W) in [0, 1]. ``shape`` is (C, h, w) in model space
     (default: 3 x resolution^2, right for pixel priors).
@@ -21,6 +21,7 @@ def sample_images(
     img2img: with ``init`` (B, 3, H, W) images in [0, 1] (at the prior's resolution), x_0 = encode(init) is noised
     to the DDIM timestep at ``strength`` in (0, 1] of the schedule (``prior.add_noise``) and only the last
     ``round(steps * strength)`` DDIM steps are run (as diffusers' img2img pipelines do). strength 1 ~ pure sampling.
+    ``cond``: explicit conditioning of the B images (cameras for a multi-view prior, depth for SD 2 depth).
     """
     # The prior always hands back epsilon, so the sampler is configured for epsilon whatever the model predicts.
     sched = DDIMScheduler.from_config(prior.scheduler.config, prediction_type="epsilon", clip_sample=False,
@@ -42,6 +43,6 @@ def sample_images(
     text = prior.embed(prompts)
     for t in timesteps:
         tt = torch.full((len(prompts),), int(t), device=prior.device, dtype=torch.long)
-        eps, _, _ = prior.predict_noise_cfg(x, tt, text, guidance_scale)
+        eps, _, _ = prior.predict_noise_cfg(x, tt, text, guidance_scale, cond)
         x = sched.step(eps, t, x).prev_sample
     return prior.decode(x)

@@ -15,17 +15,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from distill3d.priors.base import to_epsilon, Prior, PriorError  # noqa: E402
+from distill3d.priors.base import Conditioning, Prior, PriorError, to_epsilon  # noqa: E402
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
 def missing_sd_parts(path: Path) -> list[str]:
@@ -154,29 +152,35 @@ class StableDiffusionPrior(Prior):
         return ((image + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ denoiser
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                      cond: Conditioning | None = None) -> torch.Tensor:
         """epsilon-hat for (B, 4, h, w) x_t, (B,) integer t, (B, L, D) text -> (B, 4, h, w) in x_t's dtype.
 
         The UNet runs in ``self.dtype``; v / x_0 predictions are converted to epsilon in fp32 with
-        ``alphas_cumprod`` (see ``to_epsilon``).
+        ``alphas_cumprod`` (see ``to_epsilon``). A depth-conditioned model reads ``cond.depth`` / ``cond.mask``.
         """
         t = t.to(self.device).long().reshape(-1)
         if t.numel() == 1 and x_t.shape[0] > 1:
             t = t.expand(x_t.shape[0])
         x = x_t.to(self.device, self.dtype)
         if self.depth_conditioned:
-            x = torch.cat([x, self._depth_channel(x.shape).to(self.dtype)], dim=1)
+            x = torch.cat([x, self.depth_channel(x.shape, cond).to(self.dtype)], dim=1)
         out = self.unet(x, t, encoder_hidden_states=text.to(self.device, self.dtype)).sample
         eps = to_epsilon(out.float(), x_t.to(self.device).float(), self.alphas_cumprod[t], self.prediction_type)
         return eps.to(x_t.dtype)
 
-    def _depth_channel(self, shape: torch.Size) -> torch.Tensor:
+    def depth_channel(self, shape: torch.Size, cond: Conditioning | None) -> torch.Tensor:
         """The depth input of SD 2 depth for a (B, 4, h, w) batch: the views' inverse depth resized to h x w
-        (bicubic) and scaled to [-1, 1] per view, as ``StableDiffusionDepth2ImgPipeline.prepare_depth_map``."""
-        if self._disparity is None:
+        (bicubic) and scaled to [-1, 1] per view, as ``StableDiffusionDepth2ImgPipeline.prepare_depth_map``.
+
+        ``cond.depth`` (B', H, W) is distance along the rays and ``cond.mask`` its coverage; B' divides B. Kept as
+        relative inverse depth (near = large, background 0): what the monocular estimator that SD 2 depth was
+        trained with (DPT) gives."""
+        if cond is None or cond.depth is None:
             raise PriorError(f"{self.path} is a depth-conditioned model (SD 2 depth): it needs the views' depth, "
                              "so use it where depth is known (the pseudo_gt stage), or pass a text-to-image model")
-        d = F.interpolate(self._disparity, size=tuple(shape[-2:]), mode="bicubic", align_corners=False)
+        d = disparity(cond.depth, cond.mask).to(self.device)
+        d = F.interpolate(d, size=tuple(shape[-2:]), mode="bicubic", align_corners=False)
         lo, hi = d.amin(dim=(1, 2, 3), keepdim=True), d.amax(dim=(1, 2, 3), keepdim=True)
         d = 2.0 * (d - lo) / (hi - lo).clamp_min(1e-8) - 1.0
         if shape[0] % d.shape[0]:
@@ -189,3 +193,9 @@ class StableDiffusionPrior(Prior):
             f"resolution={self.resolution}, prediction_type={self.prediction_type!r}, "
             f"depth_conditioned={self.depth_conditioned})"
         )
+
+
+def disparity(depth: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W) distance along the rays and coverage -> (B, 1, H, W) inverse depth, 0 where uncovered."""
+    covered = depth > 0 if mask is None else mask > 0.5
+    return torch.where(covered, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))[:, None].float()

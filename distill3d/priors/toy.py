@@ -20,7 +20,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from pydantic import BaseModel, ConfigDict
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
-from distill3d.priors.base import Prior, PriorError, to_epsilon
+from distill3d.priors.base import Conditioning, Prior, PriorError, to_epsilon
 from distill3d.priors.text import build_text_encoder, build_tokenizer
 from distill3d.toyworld.vocab import VIEWS, ObjectSpec, PromptError, check_prompt, parse_prompt, tokenize_words
 
@@ -173,6 +173,7 @@ class ToyPrior(Prior):
         """The UNet's raw prediction (v, epsilon or x_0, per the scheduler's prediction_type)."""
         return self.unet(x_t, t, encoder_hidden_states=text).sample
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                      cond: Conditioning | None = None) -> torch.Tensor:
         return to_epsilon(self.model_output(x_t, t, text), x_t, self.alphas_cumprod[t],
                           self.scheduler.config.prediction_type)

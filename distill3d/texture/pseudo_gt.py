@@ -10,19 +10,17 @@ batch at the prior's resolution, each with its view phrase (front / side / back 
 
 Depth. TextMesh refines with a depth-conditioned model (SD 2 depth) so the refined views keep the mesh's shape.
 Given the views' ``depth``, a ``depth_conditioned`` prior sees it (tiled like the views) in every denoising step
-(``Prior.depth_condition``); other priors (the toy prior, text-to-image SD) ignore it.
+(``Conditioning.depth``); other priors (the toy prior, text-to-image SD) ignore it.
 """
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill3d.guidance.sds import resize_to_prior
-from distill3d.priors.base import Prior
+from distill3d.priors.base import Conditioning, Prior
 from distill3d.priors.sampling import sample_images
 from distill3d.texture.canonical import tile_2x2, untile_2x2
 
@@ -51,9 +49,9 @@ def img2img(prior: Prior, images: torch.Tensor, prompts: list[str], strength: fl
     (depth, coverage), each (B, H, W), for a depth-conditioned prior."""
     H, W = images.shape[-2:]
     x = resize_to_prior(images, prior.resolution)
-    with prior.depth_condition(*depth) if depth is not None else nullcontext():
-        out = sample_images(prior, prompts, steps=steps, guidance_scale=guidance_scale, generator=generator, init=x,
-                            strength=strength)
+    cond = None if depth is None else Conditioning(depth=depth[0], mask=depth[1])
+    out = sample_images(prior, prompts, steps=steps, guidance_scale=guidance_scale, generator=generator, init=x,
+                        strength=strength, cond=cond)
     if out.shape[-2:] != (H, W):
         out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
     return out.clamp(0.0, 1.0)
