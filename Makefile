@@ -1,4 +1,4 @@
-# make run   : set up .venv (once) and reproduce the pipeline with DVC (dvc.yaml)
+# make run   : set up .venv (once), generate dvc.yaml from the methods and reproduce the pipeline with DVC
 # make test  : set up .venv (once) and run the tests
 # make setup : only the setup; a stamp file makes repeats instant (delete .venv/.setup-done to redo it)
 
@@ -45,6 +45,7 @@ $(STAMP): $(SETUP_DEPS)
 	touch $(STAMP)
 
 run: $(STAMP)
+	python -m flows.dvc_yaml   # dvc.yaml from the method definitions and params.yaml's prompts (no-op when current)
 	dvc repro
 
 test: $(STAMP)

@@ -1,16 +1,18 @@
 """The `distill3d` command line.
 
     distill3d generate --method dreamfusion --prompt "a red cube" --out out/red_cube [--steps N] [--seed S]
-                       [--device cpu|cuda] [--guidance-scale W] [--prior DIR] [--params params.yaml] [--set k=v]
+                       [--device cpu|cuda] [--guidance-scale W] [--prior DIR] [--input NAME=DIR] [--params FILE]
+                       [--set STAGE.key=v] [--from-stage STAGE] [--init-from RUN [--init-mode refine|sdf]]
+    distill3d methods                                   (the methods, their steps and inputs)
     distill3d evaluate --asset out/red_cube --prompt "a red cube" [--out metrics.json]
     distill3d toyworld gt --prompt "a red cube" --out gt.glb
     distill3d batch --prompts prompts.txt --out out/batch [--method M] [--concurrency N] [--deployment D]
-    distill3d generate ... --from-stage extract_mesh   (re-run that stage and the ones after it)
     distill3d compare --methods dreamfusion,textmesh --prompts prompts.txt [--seeds 0,1] --out out/cmp
     distill3d sweep --prompt "a red cube" --guidance-scales 5,10,30,100 --seeds 0,1 --out out/sweep
 
-`tasks` is imported first (it sets Prefect's environment); Prefect itself is imported only when a stage must run.
-Bad input prints one line `error: ...` on stderr and exits with code 2, leaving no partial output.
+What a method is (its steps, inputs, which stage --steps and --guidance-scale address) comes from its definition
+(flows/methods.py). `tasks` is imported first (it sets Prefect's environment); Prefect itself is imported only when a
+stage must run. Bad input prints one line `error: ...` on stderr and exits with code 2, leaving no partial output.
 """
 
 from __future__ import annotations
@@ -23,33 +25,32 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import tasks  # noqa: F401  (first: sets PREFECT_HOME etc. before anything imports prefect)
 import typer
-from flows.plan import METHODS, chain_manifest, default_params_file, plan
-from stages.common import (
-    StageError,
-    atomic_dir,
-    execute,
-    get_stage,
-    load_params,
-    parse_override,
-    read_params_file,
-    set_dotted,
-)
+from flows.asset import AssetRequest, make_asset, plan_request
+from flows.jobs import Defaults
+from flows.method_spec import Method
+from flows.methods import get_method, methods
+from flows.plan import default_params_file, resolve_inputs
+from stages.core.execute import execute
+from stages.core.params import load_params, parse_override, set_dotted
+from stages.core.protocol import StageError, get_stage
 
-# CLI options that are shorthands for stage params (the stage's field names)
-SHORTCUTS = {"steps": "nerf_sds.optimize.steps", "guidance_scale": "nerf_sds.guidance.guidance_scale"}
+METHOD_NAMES = ", ".join(methods())
 # Options several commands share, declared once.
 DeviceOption = Annotated[str, typer.Option(help="cpu or cuda")]
 ParamsOption = Annotated[Optional[Path], typer.Option(help="params file (default ./params.yaml if present)")]
-PriorOption = Annotated[Optional[Path], typer.Option(help="prior folder (default: params.yaml's prior.path)")]
-
-ASSET_FILES = ("mesh.glb", "turntable.gif", "views.png")
+PriorOption = Annotated[Optional[Path], typer.Option(help="the method's prior folder: a toy prior or a local "
+                                                     "diffusers folder (default: params.yaml's, per method)")]
+InputOption = Annotated[Optional[list[str]], typer.Option("--input", help="NAME=DIR: one of the method's input "
+                                                          "folders (see `distill3d methods`; repeatable)")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")]
+StepsOption = Annotated[Optional[int], typer.Option(help="optimisation steps of the method's optimisation stage(s) "
+                                                    "(`distill3d methods` lists which)")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Text-to-3D by score distillation, as cached stages.")
@@ -75,115 +76,51 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def section_overrides(items: list[str], shortcuts: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """['nerf_sds.steps=10', ...] + {'steps': 10} -> {'nerf_sds': {'steps': 10}} (dotted keys kept dotted)."""
+def section_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """['nerf_sds.optimize.steps=10', ...] -> {'nerf_sds': {'optimize.steps': 10}} (dotted keys kept dotted)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, value in shortcuts.items():
-        if value is not None:
-            section, _, key = SHORTCUTS[name].partition(".")
-            out.setdefault(section, {})[key] = value
     for item in items:
         dotted, value = parse_override(item)
         section, _, key = dotted.partition(".")
         if not key:
-            raise StageError(f"--set {item!r}: the key must start with a stage, e.g. nerf_sds.steps=100")
+            raise StageError(f"--set {item!r}: the key must start with a stage, e.g. nerf_sds.optimize.steps=100")
         out.setdefault(section, {})[key] = value
     return out
 
 
-def default_prior(params_file: Path | None) -> Path:
-    """params.yaml's `prior.path`, else models/toy_prior."""
-    whole = read_params_file(params_file) if params_file else {}
-    path = (whole.get("prior") or {}).get("path") if isinstance(whole.get("prior"), dict) else None
-    return Path(path or "models/toy_prior")
+def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            out.setdefault(section, {}).update(values)
+    return out
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if path.is_file() and rel.as_posix() != "manifest.json":
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dst / rel)
+def input_folders(items: list[str] | None, **options: Path | None) -> dict[str, str]:
+    """--input NAME=DIR items and the dedicated options (--prior ...) -> {name: dir}."""
+    out = {name: str(path) for name, path in options.items() if path is not None}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise StageError(f"bad --input {item!r}: expected NAME=DIR, e.g. --input depth_prior=/path/to/sd2-depth")
+        out[name.strip()] = path.strip()
+    return out
 
 
-def assemble(outputs: dict[str, str], out: Path, info: dict[str, Any]) -> None:
-    """Write `out` atomically: the export stage's files, evaluate's metrics.json, and a manifest of the chain."""
-    asset = Path(outputs["export_asset"])
-    missing = [f for f in ASSET_FILES if not (asset / f).is_file()]
-    if missing:
-        raise StageError(f"export_asset output {asset} lacks {', '.join(missing)}")
-    with atomic_dir(out) as tmp:
-        _copy_tree(asset, tmp)
-        if "evaluate" in outputs and (Path(outputs["evaluate"]) / "metrics.json").is_file():
-            shutil.copy2(Path(outputs["evaluate"]) / "metrics.json", tmp / "metrics.json")
-        manifest = {**info, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "stages": chain_manifest(outputs)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+def check_inputs_for(method: Method, given: dict[str, str]) -> None:
+    """One line naming the option when an input folder is given that the method does not take."""
+    for name in given:
+        if name not in method.input_names:
+            takers = [m.name for m in methods().values() if name in m.input_names]
+            option = next((i.option for m in methods().values() for i in m.inputs if i.name == name and i.option),
+                          f"--input {name}")
+            raise StageError(f"{option} is for --method {' or '.join(takers) or '(none)'}, not {method.name} "
+                             f"({method.name} takes: {', '.join(method.input_names)})")
 
 
-@app.command()
-@friendly
-def generate(
-    prompt: Annotated[str, typer.Option(help="text prompt, e.g. 'a red cube'")],
-    out: Annotated[Path, typer.Option(help="output directory (mesh.glb, turntable.gif, views.png, manifest.json)")],
-    method: Annotated[str, typer.Option(help=f"one of: {', '.join(METHODS)}")] = "dreamfusion",
-    steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    device: DeviceOption = "cpu",
-    guidance_scale: Annotated[Optional[float], typer.Option(help=f"CFG weight ({SHORTCUTS['guidance_scale']})")] = None,
-    prior: Annotated[Optional[Path], typer.Option(help="prior folder: the toy prior or a diffusers SD folder "
-                                                  "(default: params.yaml's prior.path, else models/toy_prior)")] = None,
-    params: ParamsOption = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
-    from_stage: Annotated[Optional[str], typer.Option(help="re-run this stage and all after it even if cached "
-                                                      "(e.g. extract_mesh); earlier stages are reused")] = None,
-    init_from: Annotated[Optional[str], typer.Option(help="seed the chain from an earlier run: a generate output "
-                                                     "dir, a stage output dir or a stage key (textmesh)")] = None,
-    init_mode: Annotated[str, typer.Option(help="with --init-from: 'refine' reuses its geometry, 'sdf' starts "
-                                           "the SDF from its mesh")] = "refine",
-    depth_prior: Annotated[Optional[Path], typer.Option(help="textmesh: a local Stable Diffusion 2 depth folder "
-                                                        "(diffusers layout) that makes the pseudo ground truth "
-                                                        "from the canonical views and their depth")] = None,
-) -> None:
-    """Generate a 3D asset from a prompt; stages already computed for the same inputs are reused."""
+def check_device(device: str) -> None:
     if device not in ("cpu", "cuda"):
         raise StageError(f"--device must be cpu or cuda, not {device!r}")
-    overrides = section_overrides(set_ or [], {"steps": steps, "guidance_scale": guidance_scale})
-    pfile = params or default_params_file()
-    prior = prior or default_prior(pfile)
-    init = None
-    if init_from is not None:
-        from flows.init import init_artifacts
-
-        init = init_artifacts(init_from, init_mode)
-    if depth_prior is not None:
-        if method != "textmesh":
-            raise StageError(f"--depth-prior is for --method textmesh (its pseudo_gt stage), not {method}")
-        init = {**(init or {}), "depth_prior": str(depth_prior)}
-    planned = plan(prompt, prior, overrides, seed, device, pfile, method, init=init)  # validates all, no Prefect
-    info = {"method": method, "prompt": prompt, "seed": seed, "device": device, "prior": str(prior),
-            "params_file": str(pfile) if pfile else None, "overrides": overrides, "cached": planned.complete}
-    if init:
-        info["init"] = init
-    if from_stage:  # forced re-run of from_stage and downstream (flows/batch.py: rerun_from)
-        names = [s.name for s in planned.steps]
-        if from_stage not in names:
-            raise StageError(f"--from-stage {from_stage!r} is not a stage of {method} for this prompt; "
-                             f"choose one of {names}")
-        info.update(cached=False, from_stage=from_stage)
-        outputs = _run_flow("batch", flow_name="rerun_from", method=method, from_stage=from_stage, prompt=prompt,
-                            prior=str(prior), params=overrides, seed=seed, device=device,
-                            params_file=str(pfile) if pfile else None)
-        assemble(outputs, out, info)
-        typer.echo(f"done (from {from_stage}): {out}", err=True)
-        return
-    if planned.complete:
-        outputs = planned.outputs  # fast path: every stage is in the store, Prefect never starts
-    else:
-        outputs = _run_flow(method, prompt=prompt, prior=str(prior), params=overrides, seed=seed, device=device,
-                            params_file=str(pfile) if pfile else None, **({"init": init} if init else {}))
-    assemble(outputs, out, info)
-    typer.echo(f"{'cached' if planned.complete else 'done'}: {out}", err=True)
 
 
 class _NoPrefectErrors(logging.Filter):
@@ -195,17 +132,73 @@ class _NoPrefectErrors(logging.Filter):
 
 
 def quiet_prefect_errors() -> None:
-    """Keep Prefect's per-task error tracebacks off the console (the CLI prints one line; the API keeps them)."""
+    """Keep Prefect's per-task error tracebacks off the console (call once Prefect is imported)."""
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.addFilter(_NoPrefectErrors())
 
 
-def _run_flow(module: str, /, flow_name: str | None = None, **kwargs: Any) -> Any:
-    # imports prefect (~10 s first call); the flow is flows.<module>.<flow_name or module>
-    flow = getattr(importlib.import_module(f"flows.{module}"), flow_name or module)
-    quiet_prefect_errors()
-    return flow(**kwargs)
+@app.command()
+@friendly
+def generate(
+    prompt: Annotated[str, typer.Option(help="text prompt, e.g. 'a red cube'")],
+    out: Annotated[Path, typer.Option(help="output directory (mesh.glb, turntable.gif, views.png, manifest.json)")],
+    method: Annotated[str, typer.Option(help=f"one of: {METHOD_NAMES}")] = "dreamfusion",
+    steps: StepsOption = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: DeviceOption = "cpu",
+    guidance_scale: Annotated[Optional[float], typer.Option(help="CFG weight of the method's guidance "
+                                                            "(`distill3d methods` lists which stage)")] = None,
+    prior: PriorOption = None,
+    depth_prior: Annotated[Optional[Path], typer.Option(help="textmesh: a local Stable Diffusion 2 depth folder "
+                                                        "(diffusers layout) that makes the pseudo ground truth "
+                                                        "from the canonical views and their depth")] = None,
+    input_: InputOption = None,
+    params: ParamsOption = None,
+    set_: SetOption = None,
+    from_stage: Annotated[Optional[str], typer.Option(help="re-run this stage and all after it even if cached "
+                                                      "(e.g. extract_mesh); earlier stages are reused")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="seed the chain from an earlier run: a generate output "
+                                                     "dir, a stage output dir or a stage key (textmesh)")] = None,
+    init_mode: Annotated[str, typer.Option(help="with --init-from: 'refine' reuses its geometry, 'sdf' starts "
+                                           "the SDF from its mesh")] = "refine",
+) -> None:
+    """Generate a 3D asset from a prompt; stages already computed for the same inputs are reused."""
+    check_device(device)
+    spec = get_method(method)
+    overrides = merge(spec.shortcut_overrides(steps, guidance_scale), section_overrides(set_ or []))
+    inputs = input_folders(input_, prior=prior, depth_prior=depth_prior)
+    check_inputs_for(spec, inputs)
+    provided: dict[str, str] = {}
+    if init_from is not None:
+        from flows.init import init_artifacts
+
+        for name, path in init_artifacts(init_from, init_mode).items():
+            (inputs if name in spec.input_names else provided)[name] = path
+    pfile = params or default_params_file()
+    request = AssetRequest(prompt=prompt, out=str(out), method=method, seed=seed, params=overrides, inputs=inputs,
+                           device=device, params_file=str(pfile) if pfile else None, provided=provided,
+                           from_stage=from_stage)
+    planned = plan_request(request)  # validates everything; no Prefect
+    if not planned.complete or from_stage:
+        importlib.import_module(f"flows.{method}")  # imports Prefect
+        quiet_prefect_errors()
+    result = make_asset(request, planned)
+    how = "cached" if result["cached"] else f"done (from {from_stage})" if from_stage else "done"
+    typer.echo(f"{how}: {out}", err=True)
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the methods: their paper, steps (what each does) and input folders."""
+    for spec in methods().values():
+        typer.echo(f"{spec.name}: {spec.title}: {spec.summary}")
+        for i, step in enumerate(spec.steps, 1):
+            typer.echo(f"  {i}. {step.name:<24} {step.doc}")
+        typer.echo(f"  --steps sets {', '.join(spec.steps_param)}; --guidance-scale sets {', '.join(spec.guidance_param)}")
+        for i in spec.inputs:
+            how = i.option or f"--input {i.name}=DIR"
+            typer.echo(f"  input {i.name} ({how}{', default ' + i.default if i.default else ', optional'}): {i.doc}")
 
 
 @app.command()
@@ -214,13 +207,14 @@ def batch(
     prompts: Annotated[Path, typer.Option(help="prompt source: a .txt or .csv file, or a folder of them; rows may "
                                           "set method=, seed=, name= and STAGE.key=value (flows/prompts_source.py)")],
     out: Annotated[Path, typer.Option(help="output folder: one asset folder per prompt + index.html gallery")],
-    method: Annotated[str, typer.Option(help=f"default method of the rows: {', '.join(METHODS)}")] = "dreamfusion",
+    method: Annotated[str, typer.Option(help=f"default method of the rows: {METHOD_NAMES}")] = "dreamfusion",
     concurrency: Annotated[int, typer.Option(min=1, help="prompts generated at once (>1: a process each, or "
                                              "flow runs on the work pool with --deployment)")] = 1,
-    steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
+    steps: StepsOption = None,
     seed: Annotated[int, typer.Option(help="default seed of the rows")] = 0,
     device: DeviceOption = "cpu",
     prior: PriorOption = None,
+    input_: InputOption = None,
     params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value for every row (repeatable)")] = None,
     deployment: Annotated[Optional[str], typer.Option(help="run each prompt as a run of this deployment on the work "
@@ -229,19 +223,25 @@ def batch(
     """Generate an asset per prompt of a file or folder, then an offline gallery (OUT/index.html).
 
     A bad prompt fails alone (its reason is in the gallery and OUT/summary.json); exit code 1 if any failed."""
-    if device not in ("cpu", "cuda"):
-        raise StageError(f"--device must be cpu or cuda, not {device!r}")
-    overrides = section_overrides(set_ or [], {"steps": steps, "guidance_scale": None})
-    pfile = params or default_params_file()
-    prior = prior or default_prior(pfile)
-    if not Path(prior).exists():
-        raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
-    from flows.prompts_source import run_batch  # runs flows.batch.batch only when something must run
+    defaults = _defaults(method, device, prior, input_, params, steps=steps, seed=seed,
+                         params_over=section_overrides(set_ or []))
+    from flows.launch import run_batch  # runs flows.batch.batch only when something must run
 
-    quiet_prefect_errors()
-    result = run_batch(prompts, out, method=method, seed=seed, params=overrides, prior=str(prior), device=device,
-                       params_file=pfile, concurrency=concurrency, deployment=deployment)
+    result = run_batch(prompts, out, defaults, concurrency=concurrency, deployment=deployment,
+                       before_flow=quiet_prefect_errors)
     _report_outcome(result, lambda e: f"{e['prompt']}  ({e['source']})", result["gallery"])
+
+
+def _defaults(method: str, device: str, prior: Path | None, input_: list[str] | None, params: Path | None,
+              steps: int | None = None, seed: int = 0, params_over: dict | None = None) -> Defaults:
+    """Batch-wide defaults; a missing input folder of the default method is a one-line error before anything."""
+    check_device(device)
+    spec = get_method(method)
+    inputs = input_folders(input_, prior=prior)
+    pfile = params or default_params_file()
+    resolve_inputs(spec, {k: v for k, v in inputs.items() if k in spec.input_names}, pfile)
+    return Defaults(method=method, seed=seed, params=params_over or {}, steps=steps, inputs=inputs, device=device,
+                    params_file=str(pfile) if pfile else None)
 
 
 @app.command()
@@ -314,17 +314,6 @@ def _split_list(text: str, kind: type, option: str) -> list:
     return values
 
 
-def _report_setup(device: str, prior: Optional[Path], params: Optional[Path]) -> tuple[Path | None, Path]:
-    if device not in ("cpu", "cuda"):
-        raise StageError(f"--device must be cpu or cuda, not {device!r}")
-    pfile = params or default_params_file()
-    prior = prior or default_prior(pfile)
-    if not Path(prior).exists():
-        raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
-    quiet_prefect_errors()
-    return pfile, prior
-
-
 def _report_outcome(result: dict, label: Callable[[dict], str] | None = None, index: str | None = None) -> None:
     """One line per item (status, label, output or reason), a total, and exit code 1 if any item failed."""
     label = label or (lambda e: f"{e['method']} s{e['seed']}  {e['prompt']}")
@@ -341,12 +330,13 @@ def _report_outcome(result: dict, label: Callable[[dict], str] | None = None, in
 def compare(
     prompts: Annotated[Path, typer.Option(help="prompt file: one prompt per line (options after `|` as in batch)")],
     out: Annotated[Path, typer.Option(help="report folder: index.html, report.md, metrics.json, runs/<item>/")],
-    methods: Annotated[str, typer.Option(help="comma-separated methods, e.g. dreamfusion,textmesh")] = "dreamfusion",
+    methods_: Annotated[str, typer.Option("--methods", help="comma-separated methods, e.g. dreamfusion,textmesh")
+                        ] = "dreamfusion",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds, e.g. 0,1")] = "0",
-    steps: Annotated[Optional[int], typer.Option(help="optimisation steps of each method's first stage "
-                                                 "(nerf_sds / sdf_nerf optimize.steps)")] = None,
+    steps: StepsOption = None,
     device: DeviceOption = "cpu",
     prior: PriorOption = None,
+    input_: InputOption = None,
     params: ParamsOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value, applied to the methods that "
                                                       "have STAGE (repeatable)")] = None,
@@ -355,20 +345,15 @@ def compare(
 ) -> None:
     """Compare methods over prompts (and seeds): an asset each (cached ones reused), then an offline report with
     the turntables side by side and the metrics tables (OUT/index.html, OUT/report.md, OUT/metrics.json)."""
-    method_list = _split_list(methods, str, "--methods")
+    from flows.comparison import check_methods
+    from flows.launch import run_compare  # starts Prefect only when something must run
+
+    method_list = check_methods(_split_list(methods_, str, "--methods"))
     seed_list = _split_list(seeds, int, "--seeds")
-    overrides = section_overrides(set_ or [], {})
-    if steps is not None:
-        from flows.compare_report import check_methods
-
-        for m in check_methods(method_list):  # a method's first stage is its optimisation stage
-            overrides.setdefault(METHODS[m][0], {})["optimize.steps"] = steps
-    pfile, prior = _report_setup(device, prior, params)
-    from flows.compare_report import run_compare  # starts Prefect only when something must run
-
-    _report_outcome(run_compare(prompts, out, methods=method_list, seeds=seed_list, params=overrides,
-                                prior=str(prior), device=device, params_file=pfile, concurrency=concurrency,
-                                title=title))
+    defaults = _defaults(method_list[0], device, prior, input_, params, steps=steps)
+    _report_outcome(run_compare(prompts, out, methods=method_list, seeds=seed_list, defaults=defaults,
+                                params=section_overrides(set_ or []), concurrency=concurrency, title=title,
+                                before_flow=quiet_prefect_errors))
 
 
 @app.command()
@@ -378,27 +363,24 @@ def sweep(
     out: Annotated[Path, typer.Option(help="report folder: sweep_grid.png, sweep_plot.png, sweep.json, index.html")],
     guidance_scales: Annotated[str, typer.Option(help="comma-separated CFG weights")] = "5,10,30,100",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1",
-    method: Annotated[str, typer.Option(help=f"one of: {', '.join(METHODS)}")] = "dreamfusion",
-    steps: Annotated[Optional[int], typer.Option(help=f"optimisation steps ({SHORTCUTS['steps']})")] = None,
+    method: Annotated[str, typer.Option(help=f"one of: {METHOD_NAMES}")] = "dreamfusion",
+    steps: StepsOption = None,
     device: DeviceOption = "cpu",
     prior: PriorOption = None,
+    input_: InputOption = None,
     params: ParamsOption = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STAGE.key=value override (repeatable)")] = None,
+    set_: SetOption = None,
     concurrency: Annotated[int, typer.Option(min=1, help="points generated at once (>1: a process each)")] = 1,
 ) -> None:
-    """DreamFusion Fig. 9: generate over guidance scales x seeds (each point a cached generate), then the grid of
-    final renders, the saturation/IoU vs guidance plot and a report page."""
+    """Guidance sweep (DreamFusion Fig. 9): generate over guidance scales x seeds (each point a cached generate),
+    then the grid of final renders, the saturation/IoU vs guidance plot and a report page."""
+    from flows.launch import run_sweep  # starts Prefect only when something must run
+
     scales = _split_list(guidance_scales, float, "--guidance-scales")
     seed_list = _split_list(seeds, int, "--seeds")
-    overrides = section_overrides(set_ or [], {})
-    if steps is not None:
-        stage = {"dreamfusion": "nerf_sds", "textmesh": "sdf_nerf"}.get(method, "nerf_sds")
-        overrides.setdefault(stage, {})["optimize.steps"] = steps
-    pfile, prior = _report_setup(device, prior, params)
-    from flows.compare_report import run_sweep  # starts Prefect only when something must run
-
-    result = run_sweep(prompt, out, guidance_scales=scales, seeds=seed_list, method=method, params=overrides,
-                       prior=str(prior), device=device, params_file=pfile, concurrency=concurrency)
+    defaults = _defaults(method, device, prior, input_, params, steps=steps)
+    result = run_sweep(prompt, out, guidance_scales=scales, seeds=seed_list, defaults=defaults, method=method,
+                       params=section_overrides(set_ or []), concurrency=concurrency, before_flow=quiet_prefect_errors)
     s = result["sweep"]
     for row in s["by_scale"]:
         typer.echo(f"w={row['guidance_scale']:g}: saturation {row['saturation']}, IoU {row['iou_mean']}", err=True)

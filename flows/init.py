@@ -1,9 +1,9 @@
 """`--init-from`: turn an earlier run (a `distill3d generate` output dir, a stage output dir, or a stage key in the
-store) into artifacts that seed another method's chain, without importing Prefect or torch.
+store) into folders that seed another method's chain, without importing Prefect or torch.
 
-    mode "refine": {"mesh": dir, "nerf": dir?}  -- reuse that geometry (and colour field) as it is; TextMesh then
-                   skips its geometry stages (flows.plan.INIT_REPLACES) and refines the texture.
-    mode "sdf":    {"init_mesh": dir}           -- start TextMesh's SDF from that mesh (pysdf) instead of a sphere.
+    mode "refine": {"field": dir?, "mesh": dir?} -- outputs by role for the method's replaceable steps: TextMesh
+                   then skips its geometry steps and refines the texture of that geometry.
+    mode "sdf":    {"init_mesh": dir}            -- an input: TextMesh's SDF starts from that mesh (pysdf).
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.common import MANIFEST, StageError, artifact_name, distill3d_home, get_stage
+from stages.core.home import distill3d_home
+from stages.core.keys import MANIFEST
+from stages.core.protocol import StageError
 
 INIT_MODES = ("refine", "sdf")
-FIELD_STAGES = ("nerf_sds", "sdf_nerf")
+FIELD_FILE, MESH_FILE = "field.json", "mesh.glb"
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -32,8 +34,12 @@ def resolve_source(source: str | Path) -> Path:
     raise StageError(f"--init-from {source}: no such directory or stage key in {distill3d_home() / 'store'}")
 
 
+def _holding(dirs: list[str | None], file: str) -> str | None:
+    return next((d for d in dirs if d and (Path(d) / file).is_file()), None)
+
+
 def init_artifacts(source: str | Path, mode: str = "refine") -> dict[str, str]:
-    """{artifact: dir} from `source` (see the module docstring). StageError when it holds no mesh."""
+    """Folders from `source` by role or input name (see the module docstring). StageError when it holds none."""
     if mode not in INIT_MODES:
         raise StageError(f"--init-mode must be one of {', '.join(INIT_MODES)}, not {mode!r}")
     path = resolve_source(source).absolute()
@@ -41,27 +47,20 @@ def init_artifacts(source: str | Path, mode: str = "refine") -> dict[str, str]:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         manifest = {}
-    mesh: str | None = None
-    nerf: str | None = None
+    candidates: list[str | None] = [str(path)]
     if isinstance(manifest.get("stages"), dict):  # a `distill3d generate` output: its chain of stage outputs
-        outs = {name: info.get("out") for name, info in manifest["stages"].items() if isinstance(info, dict)}
-        mesh = outs.get("extract_mesh") or (str(path) if (path / "mesh.glb").is_file() else None)
-        nerf = next((outs[s] for s in FIELD_STAGES if outs.get(s)), None)
-    elif manifest.get("stage"):  # one stage's output in the store (or a DVC out)
-        artifact = artifact_name(get_stage(manifest["stage"]))
-        if artifact == "nerf":
-            nerf = str(path)
-        else:
-            mesh = str(path) if (path / "mesh.glb").is_file() else None
-            nerf = (manifest.get("inputs", {}).get("nerf") or {}).get("path")
-    elif (path / "mesh.glb").is_file():
-        mesh = str(path)
-    if nerf is not None and not Path(nerf).is_dir():
-        nerf = None
+        candidates = [info.get("out") for info in manifest["stages"].values() if isinstance(info, dict)]
+        candidates.append(str(path))
+    elif isinstance(manifest.get("inputs"), dict):  # one stage's output: it and the outputs it read
+        candidates += [(i or {}).get("path") for i in manifest["inputs"].values()]
+    # the untextured mesh of a chain (extract_mesh) comes before textured ones: it is what the chain meshed
+    meshes = [d for d in candidates if d and (Path(d) / MESH_FILE).is_file()]
+    mesh = next((d for d in meshes if (Path(d) / "level.json").is_file()), meshes[0] if meshes else None)
+    field = _holding(candidates, FIELD_FILE)
     if mode == "sdf":
         if mesh is None:
-            raise StageError(f"--init-from {source}: no mesh.glb to initialise the SDF from")
+            raise StageError(f"--init-from {source}: no {MESH_FILE} to initialise the SDF from")
         return {"init_mesh": mesh}
-    if mesh is None and nerf is None:
+    if mesh is None and field is None:
         raise StageError(f"--init-from {source}: holds neither a mesh nor a field")
-    return {k: v for k, v in (("mesh", mesh), ("nerf", nerf)) if v is not None}
+    return {k: v for k, v in (("mesh", mesh), ("field", field)) if v is not None}

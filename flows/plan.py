@@ -1,12 +1,14 @@
-"""A method's chain of stages, its params, and the all-cached fast path, WITHOUT importing Prefect.
+"""A method's chain of stages resolved for one prompt, and the all-cached fast path, WITHOUT importing Prefect.
 
-`plan()` walks a method's stages the way its flow will: it resolves each stage's params (params.yaml section <
-run-time fields < overrides), wires inputs by artifact name, computes the stage key and checks the store. When
-every stage is complete, `distill3d generate` copies the outputs and returns without starting Prefect (whose
-temporary server alone costs ~10 s); otherwise it runs the flow, whose tasks compute the same keys.
+`resolve_chain` turns a `Method` (flows/methods.py) and a request (prompt, the method's input folders, params
+overrides, seed, device, outputs supplied by `--init-from`) into the steps to run, each with validated params
+(params.yaml section < run-time fields < overrides) and its input wiring. The Prefect flow
+(flows/method_flow.py) runs exactly those steps; `plan` walks them without running anything, computes each stage
+key and checks the store: when every stage is complete, `distill3d generate` copies the outputs and returns
+without starting Prefect (whose temporary server alone costs ~10 s).
 
-Stage modules are imported lazily by name (`stages.common.get_stage`), so unit tests can register fake ones.
-Keep stage modules cheap to import (torch inside `run`): the fast path imports them.
+Stage modules are imported by name (`stages.core.protocol.get_stage`), so tests can register fake ones. Keep stage
+modules cheap to import (torch inside `run`): the fast path imports them.
 """
 
 from __future__ import annotations
@@ -15,36 +17,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from stages.common import (
-    StageError,
-    StageParams,
-    all_inputs,
-    artifact_name,
-    get_stage,
-    is_complete,
-    load_params,
-    read_manifest,
-    stage_key,
-)
-from tasks.env import store_dir
-
-# method -> its stages in order (each stage's INPUTS are looked up among the artifacts made before it)
-METHODS: dict[str, tuple[str, ...]] = {
-    "dreamfusion": ("nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate"),
-    "textmesh": ("sdf_nerf", "extract_mesh", "render_canonical_views", "pseudo_gt", "texture_finetune",
-                 "export_asset", "evaluate"),
-}
-# method -> its geometry stages that `init` artifacts (e.g. --init-from a DreamFusion run) replace: such a stage is
-# skipped when the artifact it makes is given, and the given one is used downstream.
-INIT_REPLACES: dict[str, tuple[str, ...]] = {
-    "textmesh": ("sdf_nerf", "extract_mesh"),
-}
-# flow arguments that reach every stage whose Params declares a field of that name
-RUNTIME_FIELDS = ("prompt", "seed", "device")
-# stages run only when the prompt is a toy-world prompt (they compare against toy-world ground truth)
-TOY_ONLY = ("evaluate",)
+from flows.method_spec import Method, Step
+from flows.methods import get_method
+from stages.core.keys import stage_key
+from stages.core.params import load_params, read_params_file
+from stages.core.protocol import StageError, StageParams, all_inputs, get_stage
+from stages.core.store import is_complete, read_manifest, store_dir
 
 
 def default_params_file() -> Path | None:
@@ -57,10 +38,8 @@ def default_params_file() -> Path | None:
 
 def is_toy_prompt(prompt: str) -> bool:
     """True when the toy world can parse `prompt` (so its ground truth exists to evaluate against)."""
-    try:
-        from distill3d.toyworld.vocab import parse_prompt
-    except ImportError:
-        return False
+    from distill3d.toyworld.vocab import parse_prompt
+
     try:
         parse_prompt(prompt)
     except ValueError:
@@ -68,44 +47,187 @@ def is_toy_prompt(prompt: str) -> bool:
     return True
 
 
-def stage_params(
-    name: str,
-    runtime: Mapping[str, Any],
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    params_file: Path | None = None,
-) -> StageParams:
-    """Validated params of stage `name`: its params.yaml section, then the run-time fields its Params declares
-    (prompt, seed, device), then `overrides[name]` ({dotted.key: value})."""
-    module = get_stage(name)
+def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def resolve_inputs(method: Method, given: Mapping[str, str | Path] | None, params_file: Path | None
+                   ) -> dict[str, Path]:
+    """The method's input folders: those given, else their params.yaml default; StageError for an unknown or a
+    missing one (naming the option that sets it)."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(method.input_names))
+    if unknown:
+        raise StageError(f"{method.name} takes no input(s) {unknown}; its inputs: {', '.join(method.input_names)}")
+    whole = read_params_file(params_file) if params_file is not None else {}
+    out: dict[str, Path] = {}
+    for spec in method.inputs:
+        value = given.get(spec.name)
+        if value is None and spec.default is not None:
+            value = _lookup(whole, spec.default) or _builtin_default(spec.default)
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.exists():
+            how = f"pass {spec.option or '--input ' + spec.name}=DIR"
+            if spec.made_by:
+                how = f"run `dvc repro {spec.made_by}` or {how}"
+            raise StageError(f"{spec.name} not found at {path}: {how}")
+        out[spec.name] = path
+    return out
+
+
+# Where params.yaml does not say: the committed toy priors.
+_BUILTIN_DEFAULTS = {"prior.path": "models/toy_prior"}
+
+
+def _builtin_default(key: str) -> str | None:
+    return _BUILTIN_DEFAULTS.get(key)
+
+
+def check_overrides(method: Method, overrides: Mapping[str, Any] | None) -> None:
+    unknown = sorted(set(overrides or {}) - method.stages)
+    if unknown:
+        raise StageError(f"params for unknown stage(s) {unknown}; {method.name} has {sorted(method.stages)}")
+
+
+def stage_params(stage: str, runtime: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                 params_file: Path | None = None) -> StageParams:
+    """Validated params of `stage`: its params.yaml section, then the run-time fields its Params declares
+    (prompt, seed, device), then `overrides[stage]` ({dotted.key: value})."""
+    module = get_stage(stage)
     fields = module.Params.model_fields
     merged: dict[str, Any] = {k: v for k, v in runtime.items() if k in fields}
-    merged.update((overrides or {}).get(name) or {})
-    return load_params(module, params_file, name, merged)
-
-
-def check_overrides(method: str, overrides: Mapping[str, Any] | None) -> None:
-    unknown = sorted(set(overrides or {}) - set(METHODS[method]))
-    if unknown:
-        raise StageError(f"params for unknown stage(s) {unknown}; {method} has {list(METHODS[method])}")
+    merged.update((overrides or {}).get(stage) or {})
+    return load_params(module, params_file, stage, merged)
 
 
 @dataclass
-class Step:
-    """One stage of a plan. `key`/`out` are None when an upstream output does not exist yet."""
+class Link:
+    """One step to run: its stage, validated params, and the source of each input it is given."""
 
-    name: str
+    step: Step
+    module: ModuleType
     params: StageParams
+    sources: dict[str, str]  # stage input -> an earlier step's name or a method input
+
+
+@dataclass
+class Chain:
+    """A method resolved for one request: what to run, with which params, reading what."""
+
+    method: Method
+    prompt: str
+    inputs: dict[str, Path]  # the method's input folders
+    provided: dict[str, Path]  # step name -> output supplied from outside (--init-from)
+    links: list[Link]
+
+    def wire(self, link: Link, outputs: Mapping[str, str | Path | None]) -> dict[str, Path | None]:
+        """{stage input: path} for `link`, from the method's inputs, supplied outputs and `outputs` of earlier
+        steps (None where an earlier step has no output yet)."""
+        wired: dict[str, Path | None] = {}
+        for port, source in link.sources.items():
+            if source in self.inputs:
+                wired[port] = self.inputs[source]
+            elif source in self.provided:
+                wired[port] = self.provided[source]
+            else:
+                value = outputs.get(source)
+                wired[port] = None if value is None else Path(value)
+        return wired
+
+    def step_names(self) -> list[str]:
+        return [link.step.name for link in self.links]
+
+
+def _replaced(method: Method, provided_roles: Mapping[str, Any]) -> dict[str, str]:
+    """{step: role} of the replaceable steps `--init-from` skips: all up to the last one whose role is given."""
+    given = [i for i, name in enumerate(method.replaceable) if method.step(name).role in provided_roles]
+    return {name: method.step(name).role for name in method.replaceable[: given[-1] + 1]} if given else {}
+
+
+def resolve_chain(
+    method: str | Method,
+    prompt: str,
+    *,
+    inputs: Mapping[str, str | Path] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    params_file: Path | None = None,
+    provided: Mapping[str, str | Path] | None = None,
+) -> Chain:
+    """Validate a request against `method` and resolve it (no store checks, nothing runs, no Prefect).
+
+    `inputs`: the method's input folders by name (defaults from params.yaml); `overrides`: {stage: {dotted.key:
+    value}}; `provided`: {role: dir} outputs supplied for the method's replaceable steps (--init-from);
+    `params_file` None means `default_params_file()`, as in the flow. Raises StageError (one line) for an unknown
+    method, stage or input, bad params, a missing folder or an empty prompt.
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    params_file = Path(params_file) if params_file is not None else default_params_file()
+    if not prompt or not prompt.strip():
+        raise StageError("empty prompt: pass --prompt, e.g. --prompt 'a red cube'")
+    if device not in ("cpu", "cuda"):
+        raise StageError(f"device must be cpu or cuda, not {device!r}")
+    check_overrides(method, overrides)
+    provided = dict(provided or {})
+    replaced = _replaced(method, provided)
+    roles = {method.step(n).role for n in method.replaceable}
+    stray = sorted(set(provided) - roles)
+    if stray:
+        raise StageError(f"{method.name} cannot take {stray} from --init-from"
+                         + (f" (it replaces {sorted(roles)})" if roles else " (it has no replaceable steps)"))
+    chain = Chain(method=method, prompt=prompt, inputs=resolve_inputs(method, inputs, params_file),
+                  provided={step: Path(provided[role]) for step, role in replaced.items() if role in provided},
+                  links=[])
+    runtime = {"prompt": prompt, "seed": seed, "device": device}  # reach every stage whose Params has them
+    toy = is_toy_prompt(prompt)
+    made = set(chain.provided)  # steps whose outputs exist or will
+    for step in method.steps:
+        if step.name in replaced or (step.toy_only and not toy):
+            continue
+        module = get_stage(step.stage)
+        sources: dict[str, str] = {}
+        for port in all_inputs(module):
+            source = step.inputs.get(port)
+            if source is None or (source not in chain.inputs and source not in made):
+                if port in module.INPUTS:
+                    what = f"input {source!r}" if source in method.input_names else f"step {source!r}"
+                    raise StageError(f"{method.name}: step {step.name} needs {port!r} from {what}, which "
+                                     f"{'was not given' if source in method.input_names else 'this run skips'}")
+                continue
+            sources[port] = source
+        params = stage_params(step.stage, runtime, overrides, params_file)
+        chain.links.append(Link(step=step, module=module, params=params, sources=sources))
+        made.add(step.name)
+    return chain
+
+
+@dataclass
+class PlannedStep:
+    """One step of a plan. `key`/`out` are None when an upstream output does not exist yet."""
+
+    link: Link
     inputs: dict[str, Path]
     key: str | None = None
     out: Path | None = None
     complete: bool = False
 
+    @property
+    def name(self) -> str:
+        return self.link.step.name
+
 
 @dataclass
 class Plan:
-    method: str
-    prompt: str
-    steps: list[Step] = field(default_factory=list)
+    chain: Chain
+    steps: list[PlannedStep] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -113,76 +235,41 @@ class Plan:
 
     @property
     def outputs(self) -> dict[str, str]:
-        """{stage: output dir} for the steps whose output exists."""
+        """{step: output dir} for the steps whose output exists."""
         return {s.name: str(s.out) for s in self.steps if s.complete}
 
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
 
-def plan(
-    prompt: str,
-    prior: str | Path = "models/toy_prior",
-    params: Mapping[str, Mapping[str, Any]] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    params_file: Path | None = None,
-    method: str = "dreamfusion",
-    init: Mapping[str, str | Path] | None = None,
-) -> Plan:
-    """Resolve and validate every stage of `method` and check the store, without running or importing Prefect.
 
-    `init` {artifact: dir} seeds the chain (see INIT_REPLACES and `init_artifacts`): stages of INIT_REPLACES whose
-    artifact is given are skipped; other given artifacts (e.g. `init_mesh`) reach the stages that take them.
-    Optional inputs (a stage's OPTIONAL_INPUTS) are wired whenever an earlier stage or `init` made them.
-
-    `params_file` None means `default_params_file()`, as in the flow. Raises StageError (one line) for bad params,
-    unknown stages or a missing prior, before anything runs.
-    """
-    params_file = Path(params_file) if params_file is not None else default_params_file()
-    if method not in METHODS:
-        raise StageError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if not prompt or not prompt.strip():
-        raise StageError("empty prompt")
-    check_overrides(method, params)
-    if not Path(prior).exists():
-        raise StageError(f"prior not found at {prior}: run `dvc repro train_prior` or pass --prior DIR")
-    runtime = {"prompt": prompt, "seed": seed, "device": device}
-    toy = is_toy_prompt(prompt)
-    available: dict[str, Path | None] = {"prior": Path(prior)}
-    available.update({k: Path(v) for k, v in (init or {}).items()})
-    replaced = init_replaced(method, init or {})
-    result = Plan(method=method, prompt=prompt)
-    for name in METHODS[method]:
-        if name in TOY_ONLY and not toy:
-            continue
-        module = get_stage(name)
-        if name in replaced:
-            continue
-        p = stage_params(name, runtime, params, params_file)
-        missing = [n for n in module.INPUTS if n not in available]
-        if missing:
-            raise StageError(f"stage {name} needs {missing}, which no earlier stage of {method} makes")
-        wired = [n for n in all_inputs(module) if n in available]
-        step = Step(name=name, params=p, inputs={n: available[n] for n in wired})  # type: ignore[misc]
-        if all(path is not None for path in step.inputs.values()):
-            if hasattr(module, "check"):
-                module.check(p, step.inputs)
-            step.key = stage_key(module, p, step.inputs)
-            step.out = store_dir(name, step.key)
+def plan(chain: Chain) -> Plan:
+    """Walk `chain` as its flow will: each stage's key from its params and the *contents* of its inputs, and
+    whether the store already holds its output. Runs `check` of every stage whose inputs exist."""
+    result = Plan(chain=chain)
+    outputs: dict[str, str | None] = {}
+    for link in chain.links:
+        wired = chain.wire(link, outputs)
+        step = PlannedStep(link=link, inputs={k: v for k, v in wired.items() if v is not None})
+        if all(v is not None for v in wired.values()):
+            if hasattr(link.module, "check"):
+                link.module.check(link.params, step.inputs)
+            step.key = stage_key(link.module, link.params, step.inputs)
+            step.out = store_dir(link.step.stage, step.key)
             step.complete = is_complete(step.out, step.key)
-        available[artifact_name(module)] = step.out if step.complete else None
+        outputs[link.step.name] = str(step.out) if step.complete else None
         result.steps.append(step)
     return result
 
 
-def init_replaced(method: str, init: Mapping[str, Any]) -> tuple[str, ...]:
-    """The stages of INIT_REPLACES[method] that `init` skips: all up to the last one whose artifact is given."""
-    stages = INIT_REPLACES.get(method, ())
-    given = [i for i, name in enumerate(stages) if artifact_name(get_stage(name)) in init]
-    return stages[: given[-1] + 1] if given else ()
+def check_from_stage(chain: Chain, from_stage: str) -> None:
+    """StageError unless `from_stage` is a step this chain runs (naming the ones it does)."""
+    if from_stage not in chain.step_names():
+        raise StageError(f"--from-stage {from_stage!r} is not a stage of {chain.method.name} for this prompt; "
+                         f"choose one of {chain.step_names()}")
 
 
-def chain_manifest(plan_or_outputs: Plan | Mapping[str, str]) -> dict[str, Any]:
-    """{stage: {key, seconds, params, extra, content_hash, code_version, out}} read from each output's manifest."""
-    outputs = plan_or_outputs.outputs if isinstance(plan_or_outputs, Plan) else plan_or_outputs
+def chain_manifest(outputs: Mapping[str, str]) -> dict[str, Any]:
+    """{step: {key, seconds, params, extra, content_hash, code_version, out}} read from each output's manifest."""
     chain = {}
     for name, out in outputs.items():
         m = read_manifest(Path(out)) or {}

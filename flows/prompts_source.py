@@ -18,27 +18,20 @@ A folder: every such file in it (not recursive), in name order.
 
 A malformed row does not stop the others: it becomes a row with `error` set (a one-line reason) that the batch
 reports. Only an unreadable source (missing, empty, a CSV without a `prompt` column) raises `StageError`.
-`validate_row` checks a row against the method's stages and the prior (unknown words, invalid overrides) without
-running anything and without importing Prefect.
+This module only reads sources; flows/jobs.py turns rows into asset requests and checks them.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shlex
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flows.gallery import SUCCESS, write_gallery
-from stages.common import StageError, parse_override
-
-if TYPE_CHECKING:
-    from flows.plan import Plan
+from stages.core.params import parse_override
+from stages.core.protocol import StageError
 
 TEXT_SUFFIXES = (".txt", ".prompts", ".prompt")
 CSV_SUFFIXES = (".csv",)
@@ -56,14 +49,6 @@ class PromptRow:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     name: str = ""  # unique within the batch: the asset's folder under the batch's output dir
     error: str | None = None
-
-    def settings(self, method: str, seed: int, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
-        """{method, seed, params} of this row: the batch-wide defaults, then the row's own values (row wins)."""
-        params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (overrides or {}).items()}
-        for section, values in self.overrides.items():
-            params.setdefault(section, {}).update(values)
-        return {"method": self.method or method, "seed": self.seed if self.seed is not None else seed,
-                "params": params}
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -193,109 +178,3 @@ def name_rows(rows: list[PromptRow]) -> None:
         count = seen.get(base, 0) + 1
         seen[base] = count
         row.name = base if count == 1 else f"{base}-{count}"
-
-
-def validate_row(row: PromptRow, *, method: str, seed: int, overrides: Mapping | None, prior: str | Path,
-                 device: str = "cpu", params_file: Path | None = None):
-    """The row's `flows.plan.Plan` (every stage's params validated, the prompt checked against the prior), or
-    the row's `error` set and None. Imports no Prefect and runs nothing."""
-    from flows.plan import plan
-
-    if row.error:
-        return None
-    s = row.settings(method, seed, overrides)
-    try:
-        return plan(row.prompt, prior, s["params"], s["seed"], device, params_file, s["method"])
-    except (StageError, ValueError) as exc:
-        row.error = " ".join(str(exc).split()) or type(exc).__name__
-        return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# a batch before anything runs (no Prefect: a batch whose prompts are all cached never starts it)
-
-
-def assemble_asset(outputs: Mapping[str, str], out: Path, info: dict[str, Any]) -> None:
-    from flows.cli import assemble  # the asset layout `distill3d generate` writes (imported late: cli imports us)
-
-    assemble(dict(outputs), out, info)
-
-
-def _entry(row: PromptRow, settings: dict, out_dir: Path) -> dict[str, Any]:
-    return {"name": row.name, "prompt": row.prompt, "source": row.source, "method": settings["method"],
-            "seed": settings["seed"], "params": settings["params"], "status": "pending", "reason": None,
-            "seconds": None, "cached": False, "out": str(out_dir / row.name)}
-
-
-def _asset_is_current(out: Path, planned: Plan) -> bool:
-    """True if `out` is an assembled asset of exactly the plan's stage outputs (same keys)."""
-    manifest = read_manifest_any(out)
-    stages = (manifest or {}).get("stages") or {}
-    return bool(stages) and all((stages.get(s.name) or {}).get("key") == s.key for s in planned.steps)
-
-
-def read_manifest_any(out: Path) -> dict | None:
-    """An assembled asset's manifest.json (assets have no `complete` flag: the folder appears atomically)."""
-    try:
-        data = json.loads((Path(out) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def prepare(rows: list[PromptRow], out_dir: Path, *, method: str, seed: int, params: dict | None, prior: str,
-            device: str, params_file: Path | None) -> tuple[list[dict], list[dict]]:
-    """Validate every row and finish the cached ones; returns (entries in row order, entries still to run).
-
-    No Prefect: a batch whose prompts are all cached never starts it.
-    """
-    entries, pending = [], []
-    for row in rows:
-        settings = row.settings(method, seed, params)
-        entry = _entry(row, settings, out_dir)
-        entries.append(entry)
-        planned = validate_row(row, method=method, seed=seed, overrides=params, prior=prior, device=device,
-                               params_file=params_file)
-        if planned is None:
-            entry.update(status="failed", reason=row.error)
-        elif planned.complete:
-            t0 = time.perf_counter()
-            out = Path(entry["out"])
-            try:
-                if not _asset_is_current(out, planned):
-                    assemble_asset(planned.outputs, out, {
-                        "method": settings["method"], "prompt": row.prompt, "seed": settings["seed"],
-                        "device": device, "prior": str(prior), "params_file": str(params_file) if params_file else None,
-                        "overrides": settings["params"], "cached": True})
-                entry.update(status="cached", cached=True, seconds=round(time.perf_counter() - t0, 3))
-            except (StageError, OSError) as exc:
-                entry.update(status="failed", reason=" ".join(str(exc).split()))
-        else:
-            pending.append(entry)
-    return entries, pending
-
-
-def summarise(entries: list[dict], gallery: Path) -> dict[str, Any]:
-    ok = sum(e["status"] in SUCCESS for e in entries)
-    return {"ok": ok, "failed": len(entries) - ok, "gallery": str(gallery), "entries": entries}
-
-
-def run_batch(prompts: str | Path, out: str | Path, *, method: str = "dreamfusion", seed: int = 0,
-              params: dict | None = None, prior: str | Path = "models/toy_prior", device: str = "cpu",
-              params_file: Path | None = None, concurrency: int = 1, deployment: str | None = None) -> dict:
-    """What `distill3d batch` runs: when every valid prompt is cached, write the gallery without starting Prefect;
-    otherwise run the `batch` flow."""
-    from flows.plan import default_params_file
-
-    out_dir = Path(out).resolve()
-    pfile = Path(params_file) if params_file else default_params_file()
-    rows = read_prompts(prompts)  # StageError for an unusable source, before anything else
-    entries, pending = prepare(rows, out_dir, method=method, seed=seed, params=params, prior=str(prior),
-                               device=device, params_file=pfile)
-    if not pending:
-        return summarise(entries, write_gallery(entries, out_dir))
-    from flows.batch import batch  # imports prefect
-
-    return batch(prompts=str(Path(prompts).resolve()), out=str(out_dir), method=method, seed=seed, params=params,
-                 prior=str(prior), device=device, params_file=str(pfile) if pfile else None,
-                 concurrency=concurrency, deployment=deployment)

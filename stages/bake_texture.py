@@ -12,10 +12,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import StageError, StageParams, require_file
+from stages.core.protocol import StageError, StageParams, require_file
 
 NAME = "bake_texture"
-ARTIFACT = "mesh"  # a textured mesh, as texture_finetune's output
 INPUTS = ("mesh",)
 OPTIONAL_INPUTS = ("nerf",)  # the colour field; needed unless the mesh has a texture or vertex colours
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from distill3d.priors.toy_training import DEFAULT_HELD_OUT
-from stages.common import StageParams
+from stages.core.protocol import StageParams
 
 NAME = "check_prior"
 INPUTS = ("prior",)

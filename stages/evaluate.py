@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import MESH_BEFORE, StageError, StageParams
+from stages.core.protocol import MESH_BEFORE, StageError, StageParams
 
 NAME = "evaluate"
 INPUTS = ("asset",)

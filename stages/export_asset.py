@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import MESH_BEFORE, StageError, StageParams, require_file
+from stages.core.protocol import MESH_BEFORE, StageError, StageParams, require_file
 
 NAME = "export_asset"
 INPUTS = ("mesh",)

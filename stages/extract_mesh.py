@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from stages.common import StageParams
+from stages.core.protocol import StageParams
 
 NAME = "extract_mesh"
 INPUTS = ("nerf",)

@@ -13,8 +13,9 @@ from pydantic import Field
 from distill3d.fields.nerf import FieldConfig
 from distill3d.guidance.sds import SDSConfig
 from distill3d.optimize.config import DistillConfig
-from stages.common import work_dir
-from stages.prompted import PromptedParams, check_prompted, load_stage_prior, save_field_outputs
+from stages.core.store import work_dir
+from stages.shared.field_outputs import save_field_outputs
+from stages.shared.prompted import PromptedParams, check_prompted, load_stage_prior
 
 NAME = "nerf_sds"
 INPUTS = ("prior",)
@@ -33,10 +34,12 @@ check = check_prompted
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.fields.nerf import RadianceField
-    from distill3d.optimize.loop import distill_field
+    from distill3d.optimize.loop import distill
+    from distill3d.optimize.scene import volume_scene
 
     prior = load_stage_prior(params, inputs["prior"])
     field = RadianceField(params.field)
-    history = distill_field(field, prior, params.prompt, params.optimize, seed=params.seed, device=params.device,
-                            work_dir=work_dir(NAME, params, inputs), guidance=params.guidance)
+    history = distill([volume_scene(field, params.optimize, params.device)], prior, params.prompt, params.optimize,
+                      seed=params.seed, device=params.device, work_dir=work_dir(NAME, params, inputs),
+                      guidance=params.guidance)
     return save_field_outputs(field, history, out, params.preview_views, params.preview_size)

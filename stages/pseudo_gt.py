@@ -17,8 +17,8 @@ from pathlib import Path
 from pydantic import Field
 
 from distill3d.texture.pseudo_gt import PseudoGTConfig
-from stages.common import StageError, require_file
-from stages.prompted import PromptedParams, check_prompted, load_stage_prior
+from stages.core.protocol import StageError, require_file
+from stages.shared.prompted import PromptedParams, check_prompted, load_stage_prior
 
 NAME = "pseudo_gt"
 INPUTS = ("canonical", "prior")

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import StageParams, require_file
+from stages.core.protocol import StageParams, require_file
 
 NAME = "render_canonical_views"
-ARTIFACT = "canonical"
 INPUTS = ("mesh",)
 OPTIONAL_INPUTS = ("nerf",)
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from stages.common import StageError, StageParams
+from stages.core.protocol import StageError, StageParams
 
 NAME = "report"
 INPUTS = ("assets", "metrics")
-ARTIFACT = "report"
 SUMMARY_KEYS = (("iou_mean", "iou_mean"), ("colour_error_lab", "colour_error_lab"),
                 ("saturation", "saturation.mean"), ("saturation_excess", "saturation.excess"))
 
@@ -47,7 +46,7 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
-    from distill3d.report import write_report
+    from distill3d.report.html import write_report
     from distill3d.report.table import lookup
 
     assets, metrics_dir = Path(inputs["assets"]), Path(inputs["metrics"])

@@ -1,8 +1,8 @@
 """Stage `sdf_nerf`: optimise an SDF field with score distillation (TextMesh, Tsalicoglou et al. 2023, Sec. 3.1).
 
 The field (distill3d.fields.sdf.SDFField) is rendered volumetrically with VolSDF's density; the loop is DreamFusion's
-(distill3d.optimize.distill_field: same cameras, shading schedule, view-dependent prompts and SDS) plus the eikonal
-loss `lambda_eikonal * mean(|grad s| - 1)^2` through the loop's `regularizers` hook. The SDF starts as a sphere, or,
+(distill3d.optimize.loop.distill: same cameras, shading schedule, view-dependent prompts and SDS) plus the eikonal
+loss `lambda_eikonal * mean(|grad s| - 1)^2` as a regulariser of its volume scene. The SDF starts as a sphere, or,
 with the optional input `init_mesh` (any artifact holding a mesh.glb, e.g. DreamFusion's extract_mesh or
 export_asset output), is first pretrained to that mesh's signed distance with pysdf.
 
@@ -20,11 +20,12 @@ from distill3d.fields.sdf import SDFConfig
 from distill3d.fields.sdf_init import MeshInitConfig
 from distill3d.guidance.sds import SDSConfig
 from distill3d.optimize.config import DistillConfig
-from stages.common import require_file, work_dir
-from stages.prompted import PromptedParams, check_prompted, load_stage_prior, save_field_outputs
+from stages.core.protocol import require_file
+from stages.core.store import work_dir
+from stages.shared.field_outputs import save_field_outputs
+from stages.shared.prompted import PromptedParams, check_prompted, load_stage_prior
 
 NAME = "sdf_nerf"
-ARTIFACT = "nerf"  # a field, like nerf_sds's output: extract_mesh and export_asset take either
 INPUTS = ("prior",)
 OPTIONAL_INPUTS = ("init_mesh",)
 
@@ -64,7 +65,8 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.fields.sdf import SDFField
     from distill3d.fields.sdf_init import fit_sdf_to_mesh
     from distill3d.mesh.gltf import load_glb
-    from distill3d.optimize.loop import distill_field
+    from distill3d.optimize.loop import distill
+    from distill3d.optimize.scene import volume_scene
 
     prior = load_stage_prior(params, inputs["prior"])
     field = SDFField(params.field).to(params.device)
@@ -79,7 +81,8 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     def eikonal(f: SDFField, _out: dict, gen: torch.Generator) -> dict:
         return {"loss_eikonal": f.eikonal_loss(params.eikonal_points, gen)} if params.lambda_eikonal > 0 else {}
 
-    history = distill_field(field, prior, params.prompt, cfg, seed=params.seed, device=params.device,
-                            work_dir=work_dir(NAME, params, inputs), guidance=params.guidance, regularizers=eikonal)
+    scene = volume_scene(field, cfg, params.device, regularizers=eikonal)
+    history = distill([scene], prior, params.prompt, cfg, seed=params.seed, device=params.device,
+                      work_dir=work_dir(NAME, params, inputs), guidance=params.guidance)
     summary = save_field_outputs(field, history, out, params.preview_views, params.preview_size)
     return {**extra, **summary, "beta": float(field.beta.detach())}

@@ -16,11 +16,10 @@ from pathlib import Path
 from pydantic import Field
 
 from distill3d.texture.finetune import TextureFinetuneConfig
-from stages.common import MESH_BEFORE, require_file
-from stages.prompted import PromptedParams, check_device, check_prompted, load_stage_prior
+from stages.core.protocol import MESH_BEFORE, require_file
+from stages.shared.prompted import PromptedParams, check_device, check_prompted, load_stage_prior
 
 NAME = "texture_finetune"
-ARTIFACT = "mesh"  # a textured mesh: what export_asset takes
 INPUTS = ("canonical", "pseudo_gt", "prior")
 
 

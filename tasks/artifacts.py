@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from stages.common import read_manifest
+from stages.core.store import read_manifest
 
 MAX_EMBED_BYTES = 2_000_000
 

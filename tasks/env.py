@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.common import distill3d_home
+from stages.core.home import distill3d_home
 
 
 def defaults(home: Path) -> dict[str, str]:
@@ -46,8 +46,3 @@ def configure() -> Path:
 def results_dir() -> Path:
     """Where Prefect persists task results (a pathlib.Path: a str would be taken as a block name)."""
     return distill3d_home() / "prefect" / "results"
-
-
-def store_dir(stage: str, key: str) -> Path:
-    """The content-addressed output directory of a stage run: $DISTILL3D_HOME/store/<stage>/<key[:16]>."""
-    return distill3d_home() / "store" / stage / key[:16]

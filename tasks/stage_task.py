@@ -17,8 +17,12 @@ from typing import Any
 import tasks  # noqa: F401  (sets Prefect's environment before prefect is imported)
 from prefect import Task, task
 from prefect.context import TaskRunContext
-from stages.common import distill3d_home, execute, is_complete, stage_key, validate_params
-from tasks.env import results_dir, store_dir
+from stages.core.execute import execute
+from stages.core.home import distill3d_home
+from stages.core.keys import stage_key
+from stages.core.params import validate_params
+from stages.core.store import is_complete, store_dir
+from tasks.env import results_dir
 
 
 def _cache_key_fn(stage_module: ModuleType):

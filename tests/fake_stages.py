@@ -1,7 +1,7 @@
 """Fake nerf_sds / extract_mesh / bake_texture / export_asset / evaluate stages for testing the plumbing (no torch,
 ~ms each).
 
-`register()` installs them through the lazy import hook (stages.common.register_stage); every run is appended to
+`register()` installs them through the stage registry (stages.core.protocol.register_stage); every run is appended to
 $FAKE_STAGE_LOG so tests can tell runs from cache hits, also across processes.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from stages.common import StageParams, register_stage, unregister_stage, work_dir
+from stages.core.protocol import StageParams, register_stage, unregister_stage
+from stages.core.store import work_dir
 
 NAMES = ("nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate")
 
@@ -138,3 +139,36 @@ def unregister() -> None:
 
 def runs(log: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
+
+
+def fill_store(prompt: str, prior: Path, method: str = "dreamfusion", **request) -> dict[str, str]:
+    """Run every stage of `method`'s chain for `prompt` into the store without Prefect, as a first run would;
+    returns {step: output dir}."""
+    from flows.plan import plan, resolve_chain
+    from stages.core.execute import execute
+
+    chain = resolve_chain(method, prompt, inputs={"prior": prior}, **request)
+    while not (planned := plan(chain)).complete:
+        step = next(s for s in planned.steps if not s.complete)
+        execute(step.link.module, step.link.params, step.inputs, step.out)
+    return planned.outputs
+
+
+def register_method() -> None:
+    """Register "tinymethod": a method made of existing (here: fake) stages, defined once."""
+    from flows.method_spec import Method, Step
+    from flows.methods import PRIOR, register_method as register
+
+    register(Method(
+        name="tinymethod", title="A test method", summary="a field, its mesh exported as it is", inputs=(PRIOR,),
+        steps=(Step("nerf_sds", {"prior": "prior"}, "field", "optimise a field"),
+               Step("extract_mesh", {"nerf": "nerf_sds"}, "mesh", "mesh it"),
+               Step("export_asset", {"mesh": "extract_mesh"}, "asset", "export the mesh"),
+               Step("evaluate", {"asset": "export_asset"}, "metrics", "score it", toy_only=True, output="metrics")),
+        steps_param=("nerf_sds.optimize.steps",), guidance_param=()))
+
+
+def unregister_method() -> None:
+    from flows.methods import unregister_method as unregister
+
+    unregister("tinymethod")

@@ -1,5 +1,5 @@
-"""Batch plumbing without Prefect: prompt sources (text, CSV, folders, per-row errors), row validation against the
-stages and the prior, the gallery, and `distill3d batch`'s all-cached fast path (fake stages, ~ms each)."""
+"""Batch plumbing without Prefect: prompt sources (text, CSV, folders, per-row errors), rows turned into checked asset
+requests (flows/jobs.py), the gallery, and `distill3d batch`'s all-cached fast path (fake stages, ~ms each)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 import fake_stages
-from flows.gallery import write_gallery
-from flows.prompts_source import PromptRow, parse_text, read_prompts, validate_row
+from distill3d.report.gallery import write_gallery
+from flows.jobs import Defaults, prepare, row_request
+from flows.prompts_source import PromptRow, parse_text, read_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,10 +54,20 @@ def test_csv_rows_folder_order_and_unique_names(tmp_path):
     assert [r.source for r in rows] == ["a.txt:1", "b.csv:2", "b.csv:4"]
     assert rows[1].overrides == {"nerf_sds": {"optimize.steps": 30}, "extract_mesh": {"resolution": 64}}
     assert [r.name for r in rows] == ["a-red-cube", "a-red-cube-s1", "a-red-cube-s1-2"]
-    settings = rows[1].settings("dreamfusion", 0, {"nerf_sds": {"optimize.steps": 5, "preview_size": 32}})
-    assert settings == {"method": "dreamfusion", "seed": 1,
-                        "params": {"nerf_sds": {"optimize.steps": 30, "preview_size": 32},
-                                   "extract_mesh": {"resolution": 64}}}
+    request = row_request(rows[1], tmp_path / "out", Defaults(params={"nerf_sds": {"optimize.steps": 5,
+                                                                                    "preview_size": 32}}))
+    assert (request.method, request.seed, request.out) == ("dreamfusion", 1, str(tmp_path / "out" / rows[1].name))
+    assert request.params == {"nerf_sds": {"optimize.steps": 30, "preview_size": 32},
+                              "extract_mesh": {"resolution": 64}}
+
+
+def test_steps_shortcut_addresses_each_rows_own_method(tmp_path):
+    """`distill3d batch --steps N` sets each row's method's optimisation steps (a textmesh row: sdf_nerf's)."""
+    rows = parse_text("a red cube\na red cube | method=textmesh\n", "p.txt")
+    defaults = Defaults(steps=7, guidance_scale=3.0)
+    df, tm = (row_request(r, tmp_path, defaults) for r in rows)
+    assert df.params == {"nerf_sds": {"optimize.steps": 7, "guidance.guidance_scale": 3.0}}
+    assert tm.params == {"sdf_nerf": {"optimize.steps": 7, "guidance.guidance_scale": 3.0}}
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -66,7 +77,7 @@ def test_csv_rows_folder_order_and_unique_names(tmp_path):
     (lambda p: p.with_suffix(".csv").write_text("prompt,colour\nx,red\n"), "unknown column(s) ['colour']"),
 ])
 def test_unusable_sources_raise_one_line(tmp_path, setup, message):
-    from stages.common import StageError
+    from stages.core.protocol import StageError
 
     path = tmp_path / "p.txt"
     setup(path)
@@ -89,16 +100,17 @@ def fake_home(tmp_path, monkeypatch):
     fake_stages.unregister()
 
 
-def test_validate_row_reports_bad_words_params_and_methods(fake_home):
-    prior = fake_home / "prior"
-    ok, words, param, method = (PromptRow("a red cube", "x:1"), PromptRow("a flying elephant", "x:2"),
-                                PromptRow("a red cube", "x:3", overrides={"nerf_sds": {"optimize.stepz": 1}}),
-                                PromptRow("a red cube", "x:4", method="magic3d"))
-    kw = {"method": "dreamfusion", "seed": 0, "overrides": None, "prior": prior}
-    assert validate_row(ok, **kw) is not None and ok.error is None
-    assert validate_row(words, **kw) is None and "flying" in words.error
-    assert validate_row(param, **kw) is None and param.error.startswith("invalid param nerf_sds.optimize.stepz")
-    assert validate_row(method, **kw) is None and method.error.startswith("unknown method 'magic3d'")
+def test_prepare_reports_bad_words_params_and_methods_row_by_row(fake_home):
+    rows = [PromptRow("a red cube", "x:1", name="ok"), PromptRow("a flying elephant", "x:2", name="words"),
+            PromptRow("a red cube", "x:3", overrides={"nerf_sds": {"optimize.stepz": 1}}, name="param"),
+            PromptRow("a red cube", "x:4", method="nosuchmethod", name="method")]
+    entries, pending = prepare(rows, fake_home / "out", Defaults(inputs={"prior": str(fake_home / "prior")}))
+    status = {e["name"]: (e["status"], e["reason"]) for e in entries}
+    assert status["ok"] == ("pending", None) and [e["name"] for e in pending] == ["ok"]
+    assert status["words"][0] == "failed" and "flying" in status["words"][1]
+    assert status["param"][1].startswith("invalid param nerf_sds.optimize.stepz")
+    assert status["method"][1].startswith("unknown method 'nosuchmethod'")
+    assert not (fake_home / "out").exists()  # nothing was written for rows that did not run
 
 
 def test_gallery_lists_assets_and_failures_offline(tmp_path):
@@ -120,14 +132,9 @@ def test_gallery_lists_assets_and_failures_offline(tmp_path):
 
 def test_batch_cli_all_cached_takes_the_fast_path_without_prefect(fake_home):
     """A second `distill3d batch` over cached prompts: no stage runs, Prefect is never imported, bad rows fail."""
-    from stages.common import execute, get_stage
-    from flows.plan import plan
-
     prior = fake_home / "prior"
     for prompt in ("a red cube", "a blue torus"):  # fill the store as a first batch would
-        while not (planned := plan(prompt, prior)).complete:
-            step = next(s for s in planned.steps if not s.complete)
-            execute(get_stage(step.name), step.params, step.inputs, step.out)
+        fake_stages.fill_store(prompt, prior)
     (fake_home / "p.txt").write_text("a red cube\na blue torus\na flying elephant\n")
     before = fake_stages.runs(fake_home / "runs.log")
     script = textwrap.dedent(f"""

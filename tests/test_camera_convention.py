@@ -1,7 +1,6 @@
 """One camera convention: ground truth (sphere tracing), meshes (rasterisation) and fields (volume rendering) of the
 same object line up pixel for pixel and agree on depth."""
 
-import torch
 
 from analytic_fields import SdfDensityField
 from distill3d.cameras import ring_cameras, spherical_cameras

@@ -39,9 +39,10 @@ def generate(tmp_path, prior, *args):
         (["--prompt", "a red cube", "--set", "nerf.steps=3"], "error: params for unknown stage(s) ['nerf']"),
         (["--prompt", "a red cube", "--set", "steps=3"], "error: --set 'steps=3': the key must start with a stage"),
         (["--prompt", "a red cube", "--device", "tpu"], "error: --device must be cpu or cuda"),
-        (["--prompt", "a red cube", "--method", "magic3d"], "error: unknown method 'magic3d'"),
+        (["--prompt", "a red cube", "--method", "nosuchmethod"], "error: unknown method 'nosuchmethod'"),
         (["--prompt", "a red cube", "--depth-prior", "sd2-depth"],
-         "error: --depth-prior is for --method textmesh (its pseudo_gt stage), not dreamfusion"),
+         "error: --depth-prior is for --method textmesh, not dreamfusion"),
+        (["--prompt", "a red cube", "--input", "depth_prior"], "error: bad --input 'depth_prior'"),
     ],
 )
 def test_generate_rejects_bad_input_in_one_line(tmp_path, prior, args, message):

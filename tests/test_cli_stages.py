@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 FAKE_STAGE = '''
 from pydantic import BaseModel, Field
-from stages.common import StageParams
+from stages.core.protocol import StageParams
 NAME = "evaluate"
 INPUTS = ("asset",)
 class Weights(BaseModel):

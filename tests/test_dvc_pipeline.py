@@ -1,23 +1,29 @@
-"""dvc.yaml runs each method's chain exactly as its flow does, and the stages methods share are single DVC stages.
+"""dvc.yaml is generated from the method definitions and runs each method's chain exactly as its flow does; the stages
+methods share are single DVC stages; a stage's code dependencies are exactly the files its code imports.
 
-Read through DVC's own API (the templating resolved: foreach / matrix), so what is checked is what `dvc repro` runs.
+Read through DVC's own API (the templating resolved), so what is checked is what `dvc repro` runs.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import shlex
+import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.plan import METHODS
+from flows.dvc_yaml import generate
+from flows.methods import methods
+from stages.core.code import code_files
+from stages.core.protocol import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")  # inside DVC's graph code
-SHARED = ("extract_mesh", "export_asset", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -29,52 +35,59 @@ def dvc_stages():
                 for s in repo.index.stages]
 
 
-def _chain(dvc_stages, method: str, prompt: str) -> dict[str, tuple[list[str], list[str], str]]:
-    """{stage module: (data deps, outs, cmd)} of the DVC stages making `method`'s asset for `prompt`."""
-    chain = {}
-    for name, cmd, deps, outs in dvc_stages:
-        base, _, gen = name.partition("@")
-        if base in METHODS[method] and gen in (prompt, f"{method}-{prompt}"):
-            module = shlex.split(cmd if isinstance(cmd, str) else cmd[0])[3]  # python -m stages NAME ...
-            assert module == base, f"DVC stage {name} runs stage {module}"
-            chain[base] = ([d for d in deps if d.startswith("data/")], outs, cmd)
-    return chain
+def _module(cmd) -> str:
+    return shlex.split(cmd if isinstance(cmd, str) else cmd[0])[3]  # python -m stages NAME ...
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_each_method_chain_in_dvc_is_its_flow_chain(dvc_stages, method) -> None:
+def test_dvc_yaml_is_what_the_definitions_generate() -> None:
+    assert (REPO / "dvc.yaml").read_text() == generate(REPO / "params.yaml"), \
+        "dvc.yaml is out of date: run `python -m flows.dvc_yaml`"
+
+
+@pytest.mark.parametrize("method", sorted(methods()))
+def test_each_methods_dvc_chain_is_its_definition(dvc_stages, method) -> None:
+    """For every prompt: the DVC stages that make the method's asset run the method's stages, each reading exactly
+    what the definition wires into it (outputs of its earlier steps) and writing data/<method>/<role>/<prompt>."""
+    spec = methods()[method]
     prompts = yaml.safe_load((REPO / "params.yaml").read_text())["prompts"]
+    by_out = {o: (name, cmd, deps) for name, cmd, deps, outs in dvc_stages for o in outs}
     for prompt in prompts:
-        chain = _chain(dvc_stages, method, prompt)
-        assert set(chain) == set(METHODS[method]), f"{method}/{prompt}: dvc.yaml has {sorted(chain)}"
-        made: dict[str, str] = {}  # out path -> stage that makes it, in the flow's order
-        for stage in METHODS[method]:
-            data_deps, outs, _ = chain[stage]
-            for dep in data_deps:  # every data input comes from an earlier stage of the same chain
-                assert dep in made, f"{method}/{prompt}: {stage} reads {dep}, which no earlier stage makes"
-            made.update({o: stage for o in outs})
-            assert all(o.startswith(f"data/{method}/") for o in outs), (stage, outs)
+        made: dict[str, str] = {}  # step -> its output path
+        for step in spec.steps:
+            out = next((o for o in by_out if o in (f"data/{m}/{step.role}/{prompt}" + (".json" if step.output ==
+                                                   "metrics" else "") for m in methods())
+                        and _module(by_out[o][1]) == step.stage
+                        and all(made.get(src, "?") in by_out[o][2] for src in step.inputs.values() if src in made)),
+                       None)
+            assert out is not None, f"{method}/{prompt}: no DVC stage runs {step.name} on the definition's inputs"
+            name, cmd, deps = by_out[out]
+            data_deps = sorted(d for d in deps if d.startswith("data/"))
+            wanted = sorted(made[src] for src in step.inputs.values() if src in made)
+            assert data_deps == wanted, f"{name} reads {data_deps}, the definition wires {wanted}"
+            made[step.name] = out
 
 
-def test_stages_shared_by_methods_are_one_dvc_stage_each(dvc_stages) -> None:
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    definitions = defaultdict(set)  # stage module -> dvc.yaml entries that run it
+def test_a_stage_is_one_dvc_entry_and_shared_computations_are_one_instance(dvc_stages) -> None:
+    entries = defaultdict(set)  # stage module -> dvc.yaml entries that run it
     for name, cmd, _, _ in dvc_stages:
-        module = shlex.split(cmd if isinstance(cmd, str) else cmd[0])[3]
-        definitions[module].add(name.partition("@")[0])
-    for stage in SHARED:
-        assert all(stage in METHODS[m] for m in METHODS)
-        assert definitions[stage] == {stage}, f"{stage} is run by several dvc.yaml entries: {definitions[stage]}"
-        assert "matrix" in spec[stage] and set(spec[stage]["matrix"]) == {"method", "prompt"}
-        names = {n for n, *_ in dvc_stages if n.startswith(stage + "@")}
-        assert {re.match(rf"{stage}@(\w+?)-", n).group(1) for n in names} == set(METHODS)
+        entries[_module(cmd)].add(name.partition("@")[0])
+    assert all(len(e) == 1 for e in entries.values()), entries
+    outs = [o for *_, stage_outs in dvc_stages for o in stage_outs]
+    assert len(outs) == len(set(outs))
+
+
+def test_code_dependencies_are_what_the_stage_imports(dvc_stages) -> None:
+    for name, cmd, deps, _ in dvc_stages:
+        code = sorted(d for d in deps if d.endswith(".py"))
+        assert code == sorted(code_files(get_stage(_module(cmd)))), name
+    export = next(d for n, c, d, _ in dvc_stages if n.startswith("export_asset@"))
+    nerf = next(d for n, c, d, _ in dvc_stages if n.startswith("nerf_sds@"))
+    assert "distill3d/viz/turntable.py" in export and "distill3d/viz/turntable.py" not in nerf
+    assert "stages/shared/field_outputs.py" in nerf
 
 
 def test_matrix_stages_read_the_prompt_named_in_params(tmp_path) -> None:
-    """`--prompt-name` (what the evaluate matrix passes) resolves params.yaml's prompts[KEY], or says what exists."""
-    import subprocess
-    import sys
-
+    """`--prompt-name` resolves params.yaml's prompts[KEY], or says which prompts exist."""
     (tmp_path / "params.yaml").write_text("prompts:\n  cube: a red cube\nevaluate:\n  size: 16\n")
     run = [sys.executable, "-m", "stages", "evaluate", "--params", str(tmp_path / "params.yaml"),
            "--in", f"asset={tmp_path / 'missing'}", "--out", str(tmp_path / "out")]
@@ -103,3 +116,39 @@ def test_a_texture_param_reaches_only_the_texture_stages_downstream() -> None:
         for k in prompts:
             downstream = {s.name for s in nx.ancestors(graph, by_name[f"texture_finetune@{k}"])}  # edges: to deps
             assert downstream == {f"export_asset@textmesh-{k}", f"evaluate@textmesh-{k}", "report@textmesh"}
+
+
+@pytest.mark.slow
+def test_dvc_status_after_touching_the_turntable_lists_only_the_stages_that_use_it(tmp_path) -> None:
+    """In a copy of the repository: `dvc status` before and after appending a comment to distill3d/viz/turntable.py;
+    the stages that gain it as a modified dependency are exactly those whose code imports it."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files + ["dvc.yaml", "dvc.lock", "params.yaml"]:
+        if (REPO / f).is_file():
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, tmp_path / f)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+
+    def modified() -> dict[str, set[str]]:
+        r = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=tmp_path, capture_output=True,
+                           text=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"})
+        assert r.returncode == 0, r.stderr
+        out = {}
+        for stage, changes in json.loads(r.stdout or "{}").items():
+            deps = [c["changed deps"] for c in changes if isinstance(c, dict) and "changed deps" in c]
+            out[stage] = {d for change in deps for d in change}
+        return out
+
+    locked = set((yaml.safe_load((tmp_path / "dvc.lock").read_text()) or {}).get("stages", {}))
+    before = modified()
+    with open(tmp_path / "distill3d" / "viz" / "turntable.py", "a") as f:
+        f.write("# touched\n")
+    after = modified()
+    gained = {s for s in after if "distill3d/viz/turntable.py" in after[s] - before.get(s, set())}
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        users = {s.name for s in repo.index.stages if s.name in locked
+                 and any(str(d.def_path) == "distill3d/viz/turntable.py" for d in s.deps)}
+    assert users and gained == users
+    assert not any(n.startswith(("nerf_sds@", "sdf_nerf@", "extract_mesh@")) for n in gained)

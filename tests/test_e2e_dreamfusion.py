@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,14 +43,13 @@ def home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(home: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "purple_sphere"
-    t0 = time.perf_counter()
     proc = distill3d(home, "generate", "--method", "dreamfusion", "--prompt", "a purple sphere", "--out", str(out),
                      *SMALL)
-    return proc, out, time.perf_counter() - t0
+    return proc, out
 
 
 def test_generate_writes_a_complete_asset(first_run):
-    proc, out, _ = first_run
+    proc, out = first_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("mesh.glb", "turntable.gif", "views.png", "manifest.json", "metrics.json"):
         assert (out / name).is_file(), name
@@ -64,22 +62,25 @@ def test_generate_writes_a_complete_asset(first_run):
 
 
 def test_exported_glb_passes_the_gltf_validator(first_run):
-    _, out, _ = first_run
+    _, out = first_run
     report = validate_glb(out / "mesh.glb")
     assert report["issues"]["numErrors"] == 0, report["issues"]["messages"][:5]
 
 
-def test_same_command_again_is_all_cache_hits_and_fast(first_run, home, tmp_path):
-    _, first_out, first_seconds = first_run
+def test_same_command_again_is_all_cache_hits_without_a_flow_run(first_run, home, tmp_path):
+    """The repeat takes the fast path: every stage from the store, no Prefect flow run (its database untouched;
+    how fast that is lives in benchmarks/bench_dreamfusion.py)."""
+    _, first_out = first_run
     out = tmp_path / "again"
-    t0 = time.perf_counter()
+    db = home / "prefect" / "prefect.db"
+    before = db.stat().st_mtime_ns
     proc = distill3d(home, "generate", "--method", "dreamfusion", "--prompt", "a purple sphere", "--out", str(out),
                      *SMALL)
-    seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.startswith("cached:")
     assert json.loads((out / "manifest.json").read_text())["cached"] is True
     assert (out / "mesh.glb").read_bytes() == (first_out / "mesh.glb").read_bytes()
-    assert seconds < 0.05 * first_seconds, (seconds, first_seconds)
+    assert db.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from distill3d.mesh.render import render_mesh
 from distill3d.metrics.silhouette import iou
 from distill3d.toyworld.render import render_gt
 from distill3d.toyworld.vocab import ObjectSpec
-from stages.common import StageError
-from stages.prior_check import check_prompt_for_prior
+from stages.core.protocol import StageError
+from stages.shared.prior_check import check_prompt_for_prior
 
 
 def test_choose_level_recovers_the_surface_of_a_sharp_field():

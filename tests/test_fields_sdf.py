@@ -56,7 +56,9 @@ def test_sphere_initialisation_density_normals_eikonal() -> None:
 
 def test_save_load_and_extract_mesh_at_zero_level(tmp_path) -> None:
     from distill3d.fields.loading import load_field
-    from stages.common import execute, get_stage, load_params
+    from stages.core.execute import execute
+    from stages.core.params import load_params
+    from stages.core.protocol import get_stage
 
     f = _field(init_radius=0.55)
     f.save(tmp_path / "field")

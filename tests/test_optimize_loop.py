@@ -10,7 +10,10 @@ import torch
 from distill3d.fields.encoding import HashGridConfig
 from distill3d.fields.nerf import FieldConfig, RadianceField
 from distill3d.guidance.sds import SDSConfig
-from distill3d.optimize import DistillConfig, choose_shading, distill_field, weighted_total
+from distill3d.optimize.config import DistillConfig
+from distill3d.optimize.loop import choose_shading, distill
+from distill3d.optimize.scene import volume_scene
+from distill3d.optimize.losses import weighted_total
 from test_guidance_sds import LinearPrior
 
 
@@ -44,13 +47,13 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
     work = tmp_path / "run"
     f1 = _field()
     with pytest.raises(Stop):
-        distill_field(f1, prior, "a red cube", cfg, seed=3, work_dir=work, progress=False, guidance=sds,
+        distill([volume_scene(f1, cfg)], prior, "a red cube", cfg, seed=3, work_dir=work, progress=False, guidance=sds,
                       callback=_kill_after(7))
     assert torch.load(work / "checkpoint.pt", weights_only=False)["step"] == 5
 
     seen: list[int] = []
     f2 = _field()  # a fresh process would rebuild the field from scratch
-    hist = distill_field(f2, prior, "a red cube", cfg, seed=3, work_dir=work, progress=False, guidance=sds,
+    hist = distill([volume_scene(f2, cfg)], prior, "a red cube", cfg, seed=3, work_dir=work, progress=False, guidance=sds,
                          callback=lambda s, i: seen.append(s))
     assert hist["start_step"] == 5 and hist["steps_run"] == 5 and hist["steps"] == 10
     assert seen == [5, 6, 7, 8, 9]
@@ -59,13 +62,13 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
 
     # Identical to an uninterrupted run (field, optimiser and RNG states all restored).
     f3 = _field()
-    ref = distill_field(f3, prior, "a red cube", cfg, seed=3, work_dir=tmp_path / "ref", progress=False, guidance=sds)
+    ref = distill([volume_scene(f3, cfg)], prior, "a red cube", cfg, seed=3, work_dir=tmp_path / "ref", progress=False, guidance=sds)
     assert ref["loss_total"] == pytest.approx(hist["loss_total"], rel=1e-5)
     for (k, a), b in zip(f2.state_dict().items(), f3.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
 
     # Rerunning a finished run does nothing.
-    again = distill_field(_field(), prior, "a red cube", cfg, seed=3, work_dir=work, progress=False, guidance=sds)
+    again = distill([volume_scene(_field(), cfg)], prior, "a red cube", cfg, seed=3, work_dir=work, progress=False, guidance=sds)
     assert again["steps_run"] == 0 and len(again["loss_total"]) == 10
 
 
@@ -73,9 +76,8 @@ def test_loop_trains_and_reports_times() -> None:
     prior = LinearPrior()
     f = _field()
     before = {k: v.clone() for k, v in f.state_dict().items()}
-    hist = distill_field(f, prior, "a cube", _cfg(steps=6, albedo_only_fraction=0.0,
-                                                  shading_probs={"textureless": 1.0}, lambda_orient=1.0),
-                         seed=0, progress=False)
+    cfg = _cfg(steps=6, albedo_only_fraction=0.0, shading_probs={"textureless": 1.0}, lambda_orient=1.0)
+    hist = distill([volume_scene(f, cfg)], prior, "a cube", cfg, seed=0, progress=False)
     assert set(hist["losses"]) == {"loss_sds", "loss_orient", "loss_opacity"}
     assert hist["shading"] == ["textureless"] * 6
     assert all(all(0 <= t < 1000 for t in ts) for ts in hist["t"])
@@ -108,14 +110,14 @@ def test_textureless_steps_are_scored_against_the_textureless_prompt() -> None:
     seen: list[float] = []
 
     class Recorder:
-        def __call__(self, prior, images, text, progress, generator=None):
+        def __call__(self, prior, images, text, progress, generator=None, cameras=None):
             seen.append(float(text.cond[0, 0, 0]))  # LinearPrior embeds a prompt as len(prompt) / 10
             return {"loss_sds": images.mean()}
 
     shading: list[str] = []
     cfg = _cfg(albedo_only_fraction=0.0, shading_probs={"albedo": 1.0, "textureless": 1.0}, view_dependent_prompts=False)
-    distill_field(_field(), WhiteningPrior(), "a red cube", cfg, seed=0, progress=False, guidance=Recorder(),
-                  callback=lambda step, info: shading.append(info["shading"]))
+    distill([volume_scene(_field(), cfg)], WhiteningPrior(), "a red cube", cfg, seed=0, progress=False,
+            guidance=Recorder(), callback=lambda step, info: shading.append(info["shading"]))
     expect = {"albedo": len("a red cube") / 10, "textureless": len("a white cube") / 10}
     assert set(shading) == {"albedo", "textureless"}
     assert seen == pytest.approx([expect[m] for m in shading])

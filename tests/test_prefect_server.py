@@ -43,8 +43,8 @@ def test_batch_deployment_runs_prompts_on_the_pool_and_writes_the_gallery(server
     prompts.write_text("# two good prompts and one with words the toy prior does not know\n"
                        "a red cube\na blue torus | seed=1\na flying elephant\n")
     out = tmp_path / "gallery"
-    params = {"prompts": str(prompts), "out": str(out), "params": TINY, "prior": str(PRIOR), "concurrency": 2,
-              "deployment": "generate-asset/asset"}
+    params = {"prompts": str(prompts), "out": str(out), "params": TINY, "inputs": {"prior": str(PRIOR)},
+              "concurrency": 2, "deployment": "generate-asset/asset"}
     t0 = time.perf_counter()
     r = s.prefect("deployment", "run", "batch/batch", "--params", json.dumps(params), "--watch",
                   "--watch-interval", "2", "--watch-timeout", "400", timeout=420, check=False)
@@ -86,7 +86,8 @@ def test_batch_deployment_runs_prompts_on_the_pool_and_writes_the_gallery(server
 def test_two_runs_of_the_same_prompt_at_once_do_not_corrupt_each_other(server, tmp_path):
     """Two `distill3d generate` processes, same prompt and --out, against the server at the same moment."""
     s, _ = server
-    from stages.common import dir_content_hash, read_manifest
+    from stages.core.keys import dir_content_hash
+    from stages.core.store import read_manifest
 
     env = {**s.env, "DISTILL3D_HOME": str(tmp_path / "home")}
     out = tmp_path / "same"

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill3d.report import METRIC_COLUMNS, sweep_figure, write_report
+from distill3d.report.html import write_report
+from distill3d.report.sweep import sweep_figure
+from distill3d.report.table import METRIC_COLUMNS
 from distill3d.report.table import format_value, lookup, markdown_table, row_values
 from report_fixtures import fake_entries, fake_metrics, fake_sweep_points
 

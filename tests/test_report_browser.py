@@ -6,7 +6,8 @@ import re
 from html import unescape
 
 from browser import dump_dom
-from distill3d.report import sweep_figure, write_report
+from distill3d.report.html import write_report
+from distill3d.report.sweep import sweep_figure
 from report_fixtures import fake_entries, fake_sweep_points
 
 

@@ -29,7 +29,7 @@ ARGS = tiny_set_args({"extract_mesh": {"resolution": 64, "match_views": 4, "matc
 
 def _complete(store: Path, stage: str) -> list[Path]:
     """Finished outputs of `stage` in the store (hidden temp dirs of running or killed writers excluded)."""
-    from stages.common import is_complete
+    from stages.core.store import is_complete
 
     root = store / stage
     return [d for d in (root.iterdir() if root.is_dir() else ()) if not d.name.startswith(".") and is_complete(d)]

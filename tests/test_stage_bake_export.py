@@ -12,7 +12,9 @@ from distill3d.mesh.gltf import load_glb, save_glb
 from distill3d.mesh.types import TexturedMesh
 from distill3d.toyworld.gt_mesh import gt_mesh
 from distill3d.toyworld.vocab import parse_prompt
-from stages.common import MESH_BEFORE, StageError, execute, get_stage, load_params
+from stages.core.execute import execute
+from stages.core.params import load_params
+from stages.core.protocol import MESH_BEFORE, StageError, get_stage
 
 PROMPT = "a orange sphere"
 

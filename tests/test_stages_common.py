@@ -1,4 +1,4 @@
-"""stages/common.py: params, content hashes, stage keys, atomic cached execution (no Prefect, no torch)."""
+"""stages/core: params, content hashes, stage keys, atomic cached execution (no Prefect, no torch)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from stages import common
-from stages.common import (
-    StageError,
-    StageParams,
-    dir_content_hash,
-    execute,
-    is_complete,
-    load_params,
-    read_manifest,
-    stage_key,
-)
+from stages.core.code import code_version
+from stages.core.execute import execute
+from stages.core.keys import dir_content_hash, stage_key
+from stages.core.params import load_params
+from stages.core.protocol import StageError, StageParams, register_stage, unregister_stage
+from stages.core.store import is_complete, read_manifest, work_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +144,7 @@ def test_stage_key_same_for_moved_copies_different_for_content_or_params(tmp_pat
     assert stage_key(stage, SdsParams(steps=11), {"prior": prior}) != key
     (moved / "w.bin").write_bytes(b"weightz")
     assert stage_key(stage, p, {"prior": moved}) != key
-    with pytest.raises(StageError, match=r"input 'prior' of stage nerf_sds not found .*made by stage train_prior"):
+    with pytest.raises(StageError, match=r"input 'prior' of stage nerf_sds not found .*an upstream stage makes it"):
         stage_key(stage, p, {"prior": tmp_path / "nope"})
 
 
@@ -205,8 +200,8 @@ def test_dir_without_manifest_is_rerun_and_stale_temp_cleaned(tmp_path, prior):
     assert leftovers(out.parent) == []
 
 
-def test_missing_input_names_the_stage_that_makes_it(tmp_path):
-    with pytest.raises(StageError, match=r"input 'prior' of stage nerf_sds not found at .*made by stage train_prior"):
+def test_missing_input_names_the_path_and_how_to_make_it(tmp_path):
+    with pytest.raises(StageError, match=r"input 'prior' of stage nerf_sds not found at .*nope .*`dvc repro`"):
         execute(make_stage(), SdsParams(), {"prior": tmp_path / "nope"}, tmp_path / "out")
     with pytest.raises(StageError, match=r"needs input 'prior'"):
         execute(make_stage(), SdsParams(), {}, tmp_path / "out")
@@ -216,7 +211,7 @@ def test_missing_input_names_the_stage_that_makes_it(tmp_path):
 SLOW_STAGE = '''
 import os, time
 from pathlib import Path
-from stages.common import StageParams
+from stages.core.protocol import StageParams
 NAME = "slow"
 INPUTS = ()
 class Params(StageParams):
@@ -236,7 +231,7 @@ def test_concurrent_execute_of_one_key_gives_one_valid_output(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}", "RUN_LOG": str(tmp_path / "runs.log")}
     script = textwrap.dedent(f"""
         import slow_stage
-        from stages.common import execute
+        from stages.core.execute import execute
         print(execute(slow_stage, slow_stage.Params(), {{}}, {str(tmp_path / 'out')!r}))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE) for _ in range(2)]
@@ -254,9 +249,9 @@ def test_code_version_tracks_the_stage_source(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     import v_stage
 
-    before = common.code_version(v_stage)
+    before = code_version(v_stage)
     (tmp_path / "v_stage.py").write_text(SLOW_STAGE + "# edited\n")
-    assert common.code_version(v_stage) != before
+    assert code_version(v_stage) != before
 
 
 def test_work_dir_survives_a_failed_run_and_goes_after_success(tmp_path, prior):
@@ -264,7 +259,7 @@ def test_work_dir_survives_a_failed_run_and_goes_after_success(tmp_path, prior):
     seen = []
 
     def run(params, inputs, out):
-        work = common.work_dir("nerf_sds", params, inputs)
+        work = work_dir("nerf_sds", params, inputs)
         ckpt = work / "checkpoint.txt"
         seen.append(ckpt.read_text() if ckpt.exists() else None)
         ckpt.write_text("step 500")
@@ -274,7 +269,7 @@ def test_work_dir_survives_a_failed_run_and_goes_after_success(tmp_path, prior):
         return {}
 
     stage.run = run
-    common.register_stage(stage)
+    register_stage(stage)
     try:
         out = tmp_path / "out"
         with pytest.raises(KeyboardInterrupt):
@@ -282,6 +277,6 @@ def test_work_dir_survives_a_failed_run_and_goes_after_success(tmp_path, prior):
         assert not out.exists()
         execute(stage, SdsParams(), {"prior": prior}, out)
         assert seen == [None, "step 500"]  # resumed from the checkpoint
-        assert not common.work_dir("nerf_sds", SdsParams(), {"prior": prior}).joinpath("checkpoint.txt").exists()
+        assert not work_dir("nerf_sds", SdsParams(), {"prior": prior}).joinpath("checkpoint.txt").exists()
     finally:
-        common.unregister_stage("nerf_sds")
+        unregister_stage("nerf_sds")

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,7 @@ def runs(home: Path) -> list[str]:
 def test_stage_task_caches_by_stage_key_and_misses_when_store_dir_is_gone(home):
     from prefect import flow
 
-    from stages.common import get_stage
+    from stages.core.protocol import get_stage
     from tasks.stage_task import stage_task
 
     @flow
@@ -82,42 +81,47 @@ def test_stage_task_caches_by_stage_key_and_misses_when_store_dir_is_gone(home):
     assert one_stage(str(home / "prior"), 8).name == "Completed"  # other params: other key
 
 
+def _chain(prior: str, method: str = "dreamfusion", steps: int = 3):
+    from flows.plan import resolve_chain
+
+    return resolve_chain(method, PROMPT, inputs={"prior": prior}, overrides={"nerf_sds": {"optimize.steps": steps}})
+
+
+def _generate_fresh_process(tmp_path: Path, prior: str, *args: str) -> subprocess.CompletedProcess:
+    """`distill3d generate` in a new process that must not import Prefect (its fast path)."""
+    script = textwrap.dedent(f"""
+        import sys
+        import fake_stages; fake_stages.register(); fake_stages.register_method()
+        from flows.cli import app
+        try:
+            app(["generate", "--prompt", {PROMPT!r}, "--prior", {prior!r}, "--steps", "3", *{list(args)!r}])
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+        assert "prefect" not in sys.modules, "the fast path imported prefect"
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
 def test_dreamfusion_flow_matches_plan_and_generate_takes_the_fast_path(home, tmp_path):
     from flows.dreamfusion import dreamfusion
     from flows.plan import plan
 
     prior = str(home / "prior")
-    assert not plan(PROMPT, prior, {"nerf_sds": {"optimize.steps": 3}}).complete
-    t0 = time.perf_counter()
+    assert not plan(_chain(prior)).complete
     outputs = dreamfusion(PROMPT, prior=prior, params={"nerf_sds": {"optimize.steps": 3}})
-    first_seconds = time.perf_counter() - t0
     assert list(outputs) == ["nerf_sds", "extract_mesh", "bake_texture", "export_asset", "evaluate"]
     mesh_manifest = json.loads((Path(outputs["extract_mesh"]) / "manifest.json").read_text())
     assert mesh_manifest["params"] == {"resolution": 16}  # from DISTILL3D_PARAMS
 
-    planned = plan(PROMPT, prior, {"nerf_sds": {"optimize.steps": 3}})
+    planned = plan(_chain(prior))
     assert planned.complete and planned.outputs == outputs  # the flow and the planner agree on every key
 
     # a repeated identical generate: a fresh process that never imports prefect and copies the outputs
     before = len(runs(home))
-    script = textwrap.dedent(f"""
-        import sys, time
-        t0 = time.perf_counter()
-        import fake_stages; fake_stages.register()
-        from flows.cli import app
-        try:
-            app(["generate", "--prompt", {PROMPT!r}, "--prior", {prior!r}, "--steps", "3", "--out", "out"])
-        except SystemExit as e:
-            assert e.code in (0, None), e.code
-        assert "prefect" not in sys.modules, "the fast path imported prefect"
-        print(time.perf_counter() - t0)
-    """)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = _generate_fresh_process(tmp_path, prior, "--out", "out")
     assert r.returncode == 0, r.stderr
-    assert len(runs(home)) == before
-    fast_seconds = float(r.stdout.split()[-1])
-    assert fast_seconds < 2.0, fast_seconds  # vs ~10 s of Prefect start-up alone
+    assert len(runs(home)) == before  # no stage ran (and, above, Prefect was never imported: no flow run)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mesh.glb", "metrics.json", "turntable.gif",
                                                      "views.png"]
@@ -125,4 +129,31 @@ def test_dreamfusion_flow_matches_plan_and_generate_takes_the_fast_path(home, tm
     assert manifest["cached"] is True and manifest["prompt"] == PROMPT
     assert manifest["stages"]["nerf_sds"]["params"]["optimize"]["steps"] == 3
     assert not list((home / "home" / "work" / "nerf_sds").iterdir())  # checkpoints dropped once complete
-    print(f"flow {first_seconds:.2f} s, cached generate {fast_seconds:.2f} s")
+
+
+def test_a_new_method_is_one_definition(home, tmp_path):
+    """A method made of existing stages, defined once (fake_stages.TINY_METHOD: nerf_sds -> extract_mesh ->
+    export_asset -> evaluate), runs through its derived Prefect flow, the planner and the CLI, and shares the stages
+    it has in common with DreamFusion through the store."""
+    from flows.method_flow import method_flow
+    from flows.methods import get_method
+    from flows.plan import plan, resolve_chain
+
+    fake_stages.register_method()
+    try:
+        spec = get_method("tinymethod")
+        prior = str(home / "prior")
+        flow = method_flow(spec)
+        assert flow.name == "tinymethod"
+        before = runs(home)
+        outputs = flow(PROMPT, prior=prior, params=spec.shortcut_overrides(steps=3))
+        assert list(outputs) == ["nerf_sds", "extract_mesh", "export_asset", "evaluate"]
+        new = runs(home)[len(before):]
+        assert new == ["export_asset", "evaluate"]  # nerf_sds and extract_mesh: DreamFusion's, from the store
+        chain = resolve_chain(spec, PROMPT, inputs={"prior": prior}, overrides=spec.shortcut_overrides(steps=3))
+        assert plan(chain).outputs == outputs
+        r = _generate_fresh_process(tmp_path, prior, "--method", "tinymethod", "--out", "tiny")
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["method"] == "tinymethod"
+    finally:
+        fake_stages.unregister_method()

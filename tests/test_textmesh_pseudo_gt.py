@@ -42,7 +42,9 @@ def test_pseudo_gt_stage_keeps_background_outside_masks(tmp_path, layout) -> Non
     from safetensors.torch import load_file
 
     from distill3d.mesh.gltf import save_glb
-    from stages.common import execute, get_stage, load_params
+    from stages.core.execute import execute
+    from stages.core.params import load_params
+    from stages.core.protocol import get_stage
 
     save_glb(_sphere_mesh(), tmp_path / "mesh" / "mesh.glb")
     rcv = get_stage("render_canonical_views")

@@ -88,7 +88,6 @@ def test_batch_renders_different_objects_per_camera():
     specs = [ObjectSpec("sphere", "red"), ObjectSpec("torus", "green")]
     out = render_gt_batch(specs, cams, 32, ssaa=2)
     assert out["mask"][0].sum() > out["mask"][1].sum()  # a sphere covers more than a flat torus
-    assert 0 < out["mask"].min() or (out["mask"] == 0).any()
     frac = out["mask"][(out["mask"] > 0) & (out["mask"] < 1)]
     assert frac.numel() > 0  # anti-aliased edges
     assert math.isclose(float(out["rgb"][1][out["mask"][1] == 1].mean(0)[1]), 0.65 * 1.0, abs_tol=0.35)

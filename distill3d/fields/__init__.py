@@ -1,6 +1,5 @@
-"""Neural fields: hash-grid encoding and the density + albedo radiance field."""
+"""Neural fields: ``encoding`` (multi-resolution hash grid in torch), ``nerf`` (density + albedo field),
+``sdf`` (SDF field with VolSDF density), ``sdf_init`` (SDF from a mesh via pysdf), ``loading`` (load any saved field).
 
-from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
-from distill3d.fields.nerf import FieldConfig, FieldOutput, RadianceField
-
-__all__ = ["HashGridConfig", "HashGridEncoding", "FieldConfig", "FieldOutput", "RadianceField"]
+Package modules are imported by name (``from distill3d.fields.nerf import RadianceField``): this file imports
+nothing, so a stage's code version (stages/core/code.py) holds only the modules it really uses."""

@@ -1,6 +1,3 @@
-"""Score-distillation guidance: SDS and view-dependent prompts."""
+"""Score-distillation guidance: ``sds`` (SDS with CFG, w(t), t range), ``prompts`` (view-dependent prompts).
 
-from distill3d.guidance.prompts import ViewPrompts
-from distill3d.guidance.sds import Guidance, SDSConfig, SDSGuidance, sds_loss, sds_weight, t_range
-
-__all__ = ["ViewPrompts", "Guidance", "SDSConfig", "SDSGuidance", "sds_loss", "sds_weight", "t_range"]
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

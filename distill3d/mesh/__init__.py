@@ -1,28 +1,8 @@
-"""Meshes: ``TexturedMesh``, torch rasteriser, rendering, marching cubes, UV unwrap/bake, GLB I/O.
+"""Meshes: ``types`` (``TexturedMesh``), ``rasterize`` (torch rasteriser), ``render`` (render a mesh), ``extract``
+(marching cubes), ``level`` (automatic density level), ``uv`` (xatlas unwrap + bake), ``gltf`` (GLB I/O).
+Differentiable geometry (Magic3D's refine stage): ``antialias`` (silhouette gradients), ``topology`` (edges and
+adjacent faces), ``surface`` (render an optimised mesh, shaded), ``regularizers`` (normal consistency, Laplacian),
+``tetra`` (tet grid), ``marching_tets``, ``dmtet_init`` (grid and SDF from a coarse field) and ``dmtet``
+(``DMTetScene``); ``nvdiff`` (optional nvdiffrast visibility on CUDA).
 
-Submodules are imported lazily (``from distill3d.mesh import render_mesh`` works) so that importing
-``distill3d.mesh.types`` does not pull in trimesh, xatlas or PyMCubes.
-"""
-
-from __future__ import annotations
-
-import importlib
-
-from distill3d.mesh.types import TexturedMesh
-
-_EXPORTS = {
-    "Fragments": "rasterize", "rasterize": "rasterize", "interpolate": "rasterize",
-    "differentiable_bary": "rasterize",
-    "render_mesh": "render", "vertex_normals": "render", "sample_texture": "render",
-    "sample_grid": "extract", "extract_isosurface": "extract",
-    "unwrap": "uv", "bake_texture": "uv",
-    "save_glb": "gltf", "load_glb": "gltf",
-}
-
-__all__ = ["TexturedMesh", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"distill3d.mesh.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'distill3d.mesh' has no attribute {name!r}")
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

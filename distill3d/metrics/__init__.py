@@ -1,14 +1,4 @@
-"""Evaluation metrics: silhouette IoU, CIELAB colour error and naming, asset-vs-ground-truth evaluation.
+"""Evaluation metrics: silhouette IoU, CIELAB colour error and naming, depth, Chamfer, Janus rate, saturation,
+stripe sharpness, CLIP R-precision; ``suite.evaluate_asset`` runs them all against the toy world's ground truth.
 
-The full suite (IoU, colour, depth, Chamfer, Janus, saturation, sharpness, CLIP R-precision) is ``evaluate_asset``
-/ ``evaluate_path`` in ``distill3d.metrics.suite``."""
-
-from distill3d.metrics.colour import delta_e, nearest_colour_name, rgb_to_lab
-from distill3d.metrics.evaluate import evaluate_mesh, evaluate_renders
-from distill3d.metrics.silhouette import iou
-from distill3d.metrics.suite import evaluate_asset, evaluate_path
-
-__all__ = [
-    "delta_e", "evaluate_asset", "evaluate_mesh", "evaluate_path", "evaluate_renders", "iou", "nearest_colour_name",
-    "rgb_to_lab",
-]
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

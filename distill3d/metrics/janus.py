@@ -30,8 +30,6 @@ from scipy import ndimage
 from distill3d.cameras import Cameras, view_phrase
 from distill3d.metrics.colour import rgb_to_lab
 
-VIEW_KINDS = ("front", "side", "back", "top", "bottom")
-
 
 @dataclass(frozen=True)
 class FaceDetector:

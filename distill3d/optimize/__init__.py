@@ -1,8 +1,4 @@
-"""The score-distillation optimisation loop shared by methods."""
+"""The score-distillation optimisation loop shared by methods: ``config`` (``DistillConfig``), ``loop``,
+``losses`` (regularisers and the weighting of named loss terms).
 
-from distill3d.optimize.config import DistillConfig
-from distill3d.optimize.loop import choose_shading, distill_field, make_optimizer
-from distill3d.optimize.losses import opacity_loss, orientation_loss, weighted_total
-
-__all__ = ["DistillConfig", "distill_field", "choose_shading", "make_optimizer", "opacity_loss", "orientation_loss",
-           "weighted_total"]
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

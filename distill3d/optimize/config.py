@@ -17,6 +17,7 @@ class DistillConfig(BaseModel):
     # Adam as in Instant-NGP / threestudio: hash tables learn 10x faster than the MLP, beta2 0.99, eps 1e-15.
     lr_encoding: float = 1e-2
     lr_mlp: float = 1e-3
+    lr_groups: dict[str, float] = Field(default_factory=dict)  # other parameter groups by name (e.g. DMTet's "sdf")
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15
     max_grad_norm: float | None = None
@@ -51,6 +52,13 @@ class DistillConfig(BaseModel):
         if bad or not v or min(v.values()) < 0 or sum(v.values()) <= 0:
             raise ValueError(f"shading_probs must map albedo/lambertian/textureless to weights >= 0, got {v}")
         return v
+
+    def lr_for(self, group: str) -> float:
+        """Learning rate of a scene's parameter group: ``lr_groups[group]``, else the hash tables' ``lr_encoding``
+        for "encoding", else ``lr_mlp``."""
+        if group in self.lr_groups:
+            return self.lr_groups[group]
+        return self.lr_encoding if group == "encoding" else self.lr_mlp
 
     def lambdas(self) -> dict[str, float]:
         """Weights keyed by loss name (``loss_sds`` ...)."""

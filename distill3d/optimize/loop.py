@@ -1,16 +1,18 @@
-"""The score-distillation loop shared by methods (DreamFusion Sec. 3, Algorithm: cameras -> render -> guidance ->
-regularisers -> Adam step), with atomic checkpoints for resume and a progress bar.
+"""The score-distillation loop shared by methods (DreamFusion Sec. 3): cameras -> render -> guidance -> regularisers
+-> Adam step, with atomic checkpoints for resume and a progress bar.
 
-The field is anything with ``bound``, ``query`` (see fields/nerf.py), ``density`` and optionally ``param_groups()``;
-the guidance is any ``guidance.sds.Guidance`` callable (SDS by default, VSD later).
+What is rendered is a part: any list of scenes (distill3d/optimize/scene.py: a volume-rendered field, a rasterised
+DMTet mesh, ...), optimised together; several scenes are particles (ProlificDreamer) that share one guidance call
+per step, so a guidance with state of its own (VSD's LoRA) sees every particle's renders. The guidance is any
+``guidance.sds.Guidance`` callable (SDS by default) and is told the cameras of the views it scores.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -20,23 +22,22 @@ from distill3d.cameras import sample_cameras
 from distill3d.guidance.prompts import ViewPrompts
 from distill3d.guidance.sds import Guidance, SDSConfig, SDSGuidance
 from distill3d.optimize.config import DistillConfig
-from distill3d.optimize.losses import opacity_loss, orientation_loss, weighted_total
+from distill3d.optimize.losses import weighted_total
+from distill3d.optimize.scene import Scene
 from distill3d.priors.base import Prior
-from distill3d.render.volume import OccupancyCache, render_field
 from distill3d.shading import random_light_directions
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SHADING_MODES = ("albedo", "lambertian", "textureless")
 
 
-def make_optimizer(field: nn.Module, cfg: DistillConfig) -> torch.optim.Adam:
-    """Adam with the hash tables at ``lr_encoding`` and everything else at ``lr_mlp``."""
-    if hasattr(field, "param_groups"):
-        groups = field.param_groups()
-        lrs = {"encoding": cfg.lr_encoding}
-        params = [{"params": p, "lr": lrs.get(name, cfg.lr_mlp), "name": name} for name, p in groups.items() if p]
-    else:
-        params = [{"params": list(field.parameters()), "lr": cfg.lr_mlp, "name": "all"}]
+def make_optimizer(scenes: Sequence[nn.Module], cfg: DistillConfig) -> torch.optim.Adam:
+    """Adam over every scene's parameter groups, each at ``cfg.lr_for(group)`` (hash tables 10x the MLP's)."""
+    params = []
+    for scene in scenes:
+        for name, group in scene.param_groups().items():
+            if group:
+                params.append({"params": group, "lr": cfg.lr_for(name), "name": name})
     return torch.optim.Adam(params, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -55,8 +56,16 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def distill_field(
-    field: nn.Module,
+def _sum_terms(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    total: dict[str, torch.Tensor] = {}
+    for part in parts:
+        for k, v in part.items():
+            total[k] = v if k not in total else total[k] + v
+    return total
+
+
+def distill(
+    scenes: Sequence[Scene],
     prior: Prior,
     prompt: str,
     cfg: DistillConfig,
@@ -67,39 +76,38 @@ def distill_field(
     progress: bool = True,
     guidance: SDSConfig | Guidance | None = None,
     callback: Callable[[int, dict], None] | None = None,
-    regularizers: Callable[[nn.Module, dict, torch.Generator], dict[str, torch.Tensor]] | None = None,
 ) -> dict:
-    """Optimise ``field`` in place so its renders score well under ``prior`` for ``prompt``.
+    """Optimise ``scenes`` in place so their renders score well under ``prior`` for ``prompt``.
 
-    Each step: sample ``views_per_step`` cameras, pick a shading mode (and random light), render at ``render_size``
-    (default prior.resolution), ask the guidance for ``loss_*`` terms, add the regularisers, weight them with
-    ``cfg.lambdas()``, backpropagate, Adam step.
+    Each step: every scene's ``step_begin``; ``views_per_step`` cameras per scene; one shading mode (and random
+    light per view); render at ``render_size`` (default prior.resolution); one guidance call on all the scenes'
+    renders (its ``loss_*`` terms scaled by the number of scenes, so each scene gets the gradient it would get
+    alone); each scene's own ``loss_*`` terms summed over scenes; terms weighted by ``cfg.lambdas()`` (terms with
+    weight 0 dropped); backward; Adam step.
 
     Resume: with ``work_dir``, every ``checkpoint_every`` steps (and at the end) ``work_dir/checkpoint.pt`` is
-    written atomically (field, optimiser, RNG states, occupancy grid, guidance state, history, step); a later call
-    loads it and runs the remaining steps, so the total over runs is ``cfg.steps``.
+    written atomically (scenes, optimiser, RNG states, guidance state, history, step); a later call loads it and
+    runs the remaining steps, so the total over runs is ``cfg.steps``.
 
     ``callback(step, info)`` runs after each step (info: losses and shading of the step).
-
-    ``regularizers(field, render_out, generator)`` adds field-specific ``loss_*`` terms each step (e.g. the SDF's
-    eikonal loss); their weights come from ``cfg.extra_lambdas`` (``{"eikonal": 0.1}`` for ``loss_eikonal``).
 
     Returns the history: ``losses`` {name: [float per step]}, ``loss_total``, ``t``, ``grad_norm``, ``shading``,
     ``seconds`` {render, prior, backward, other, total} (summed over all runs), ``start_step`` (where this call
     began), ``steps_run`` (steps this call ran), ``steps`` (steps done in total).
     """
     device = torch.device(device)
-    field.to(device).train()
+    scenes = list(scenes)
+    for scene in scenes:
+        scene.to(device).train()
     guide: Guidance = SDSGuidance(guidance if isinstance(guidance, SDSConfig) else None) \
         if guidance is None or isinstance(guidance, SDSConfig) else guidance
     prompts = ViewPrompts(prior, prompt, view_dependent=cfg.view_dependent_prompts)
     size = cfg.render_size or prior.resolution
-    opt = make_optimizer(field, cfg)
+    opt = make_optimizer(scenes, cfg)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    occ = OccupancyCache(field.bound, cfg.n_samples, update_every=cfg.occupancy_every,
-                         threshold=cfg.occupancy_threshold, device=device) if cfg.occupancy else None
     lambdas = cfg.lambdas()
+    n = len(scenes)
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)
     history: dict = {"losses": {}, "loss_total": [], "t": [], "grad_norm": [], "shading": [],
                      "seconds": {"render": 0.0, "prior": 0.0, "backward": 0.0, "other": 0.0, "total": 0.0}}
@@ -110,14 +118,13 @@ def distill_field(
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if ckpt_path.exists():
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-            field.load_state_dict(ck["field"])
+            for scene, state in zip(scenes, ck["scenes"], strict=True):
+                scene.load_state_dict(state)
             opt.load_state_dict(ck["optimizer"])
             gen.set_state(ck["generator"])
             torch.set_rng_state(ck["torch_rng"])
             if torch.cuda.is_available() and ck.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(ck["cuda_rng"])
-            if occ is not None and ck.get("occupancy") is not None:
-                occ.load_state_dict(ck["occupancy"])
             if ck.get("guidance") is not None and hasattr(guide, "load_state_dict"):
                 guide.load_state_dict(ck["guidance"])
             history = ck["history"]
@@ -125,10 +132,9 @@ def distill_field(
 
     def checkpoint(step_done: int) -> None:
         _save_atomic({
-            "step": step_done, "field": field.state_dict(), "optimizer": opt.state_dict(),
+            "step": step_done, "scenes": [s.state_dict() for s in scenes], "optimizer": opt.state_dict(),
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "occupancy": occ.state_dict() if occ is not None else None,
             "guidance": guide.state_dict() if hasattr(guide, "state_dict") else None,
             "history": history, "config": cfg.model_dump(mode="json"),
         }, ckpt_path)
@@ -140,32 +146,30 @@ def distill_field(
         for step in range(start, cfg.steps):
             progress_frac = step / max(cfg.steps - 1, 1)
             t0 = time.perf_counter()
-            if occ is not None:
-                occ.update(field, step, generator=gen)
-            cams = sample_cameras(cfg.views_per_step, cfg.camera, generator=gen, device=device)
+            for scene in scenes:
+                scene.step_begin(step, generator=gen)
+            views = [sample_cameras(cfg.views_per_step, cfg.camera, generator=gen, device=device) for _ in scenes]
             mode = choose_shading(step, cfg, gen)
-            light = None if mode == "albedo" else random_light_directions(cams, cfg.light_spread_deg, generator=gen)
+            lights = [None if mode == "albedo" else random_light_directions(c, cfg.light_spread_deg, generator=gen)
+                      for c in views]
             t1 = time.perf_counter()
-            out = render_field(field, cams, size, n_samples=cfg.n_samples, shading=mode, light_dir=light,
-                               ambient=cfg.ambient, background=bg.expand(len(cams), 3), stratified=True,
-                               generator=gen, occupancy=occ)
-            images = out["rgb"].permute(0, 3, 1, 2)
+            outs = [scene.render(c, size, shading=mode, light_dir=light, background=bg.expand(len(c), 3),
+                                 ambient=cfg.ambient, generator=gen)
+                    for scene, c, light in zip(scenes, views, lights)]
+            images = torch.cat([o["rgb"] for o in outs]).permute(0, 3, 1, 2)
+            cams = views[0] if n == 1 else cat_cameras(views)
             t2 = time.perf_counter()
             text = prompts.for_cameras(cams, textureless=mode == "textureless")
             g = guide(prior, images, text, progress_frac, generator=gen, cameras=cams)
             t3 = time.perf_counter()
-            losses = {k: v for k, v in g.items() if k.startswith("loss_")}
-            if "sample_weights" in out and cfg.lambda_orient > 0:
-                losses["loss_orient"] = orientation_loss(out)
-            if cfg.lambda_opacity > 0:
-                losses["loss_opacity"] = opacity_loss(out["opacity"], cfg.opacity_loss)
-            if regularizers is not None:
-                losses.update(regularizers(field, out, gen))
+            losses = {k: v * n if n > 1 else v for k, v in g.items() if k.startswith("loss_")}
+            losses.update(_sum_terms([scene.losses(o, gen) for scene, o in zip(scenes, outs)]))
+            losses = {k: v for k, v in losses.items() if lambdas.get(k, 1.0) != 0}
             total = weighted_total(losses, lambdas)
             opt.zero_grad(set_to_none=True)
             total.backward()
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(field.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_([p for s in scenes for p in s.parameters()], cfg.max_grad_norm)
             opt.step()
             t4 = time.perf_counter()
             secs["other"] += t1 - t0
@@ -198,3 +202,11 @@ def distill_field(
     history["steps_run"] = cfg.steps - start
     history["steps"] = cfg.steps
     return history
+
+
+def cat_cameras(parts: Sequence):
+    """One ``Cameras`` batch from several (in order)."""
+    from distill3d.cameras import Cameras
+
+    return Cameras(*(torch.cat([getattr(c, f) for c in parts]) for f in ("c2w", "fov", "azimuth", "elevation",
+                                                                           "radius")))

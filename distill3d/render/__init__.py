@@ -1,5 +1,3 @@
-"""Volume rendering of radiance fields (nerfacc)."""
+"""Volume rendering of radiance fields: ``volume`` (nerfacc quadrature, occupancy grid).
 
-from distill3d.render.volume import OccupancyCache, ray_box_intersect, render_field
-
-__all__ = ["OccupancyCache", "ray_box_intersect", "render_field"]
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

@@ -1,7 +1,4 @@
-"""Comparison reports: offline HTML + Markdown with turntables and metrics, and the guidance-scale sweep figure."""
+"""Reports people look at, offline: ``html`` (comparison report: turntables, views, metrics tables), ``gallery``
+(batch gallery), ``sweep`` (guidance-sweep figures), ``table`` (metric columns and formatting).
 
-from distill3d.report.html import write_report
-from distill3d.report.sweep import sweep_figure, sweep_grid, sweep_plot
-from distill3d.report.table import METRIC_COLUMNS
-
-__all__ = ["METRIC_COLUMNS", "sweep_figure", "sweep_grid", "sweep_plot", "write_report"]
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

@@ -19,7 +19,7 @@ from PIL import Image
 
 from distill3d.report.table import lookup
 from distill3d.viz.grid import save_grid
-from distill3d.viz.turntable import to_uint8
+from distill3d.viz.images import to_uint8
 
 
 def _image(value: Any, size: tuple[int, int] | None) -> np.ndarray:

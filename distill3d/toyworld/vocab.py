@@ -6,7 +6,6 @@ e.g. "a red cube", "a blue striped sphere with a face", "a green cone, back view
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
@@ -103,15 +102,6 @@ def parse_prompt(prompt: str) -> ObjectSpec:
         colour=colours[0] if colours else "white",
         pattern="striped" if "striped" in words else "plain",
         face="face" in words,
-    )
-
-
-def random_spec(rng: random.Random, face_probability: float = 0.3, stripe_probability: float = 0.3) -> ObjectSpec:
-    return ObjectSpec(
-        shape=rng.choice(SHAPES),
-        colour=rng.choice(tuple(COLOURS)),
-        pattern="striped" if rng.random() < stripe_probability else "plain",
-        face=rng.random() < face_probability,
     )
 
 

@@ -1,6 +1,3 @@
-"""Visualisation: turntable GIF/MP4 (``turntable``) and PNG image grids (``grid``)."""
+"""Visualisation: ``turntable`` (GIF/MP4), ``grid`` (PNG image grids), ``asset_views`` (an asset's views).
 
-from distill3d.viz.grid import make_grid, save_grid
-from distill3d.viz.turntable import save_turntable, turntable_frames
-
-__all__ = ["make_grid", "save_grid", "save_turntable", "turntable_frames"]
+Import the modules by name; this file imports nothing (see distill3d/fields/__init__.py)."""

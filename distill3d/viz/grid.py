@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from distill3d.viz.turntable import to_uint8
+from distill3d.viz.images import to_uint8
 
 
 def make_grid(

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from distill3d.cameras import Cameras, ring_cameras
+from distill3d.viz.images import to_uint8
 
 RenderFn = Callable[[Cameras, int], "torch.Tensor | dict[str, torch.Tensor]"]
 
@@ -35,14 +36,6 @@ def turntable_frames(
         rgb = out["rgb"] if isinstance(out, dict) else out
         frames.append(rgb.detach().float().clamp(0, 1).cpu())
     return torch.cat(frames)
-
-
-def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(..., H, W, C) float in [0, 1] -> uint8 numpy (rounded); uint8 input is passed through."""
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if arr.dtype == np.uint8:
-        return arr
-    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def mp4_available() -> bool:

@@ -1,5 +1,5 @@
-"""Method comparison and guidance-sweep reports WITHOUT importing Prefect: the items, their report, and the entry
-points `distill3d compare` / `distill3d sweep` call (flows/compare.py holds the Prefect flows).
+"""Method comparison and guidance-sweep reports WITHOUT importing Prefect: the items and their report
+(flows/compare.py holds the Prefect flows, flows/launch.py the entry points the CLI calls).
 
     compare: every (prompt of a file, method, seed) -> an asset under OUT/runs/<name>/ (cached stages reused), then
         OUT/index.html + OUT/report.md + OUT/metrics.json (distill3d.report.write_report): per prompt the methods'
@@ -10,8 +10,8 @@ points `distill3d compare` / `distill3d sweep` call (flows/compare.py holds the 
         seeds in rows, scales in columns), OUT/sweep_plot.png (saturation and IoU against guidance), OUT/sweep.json
         (per point and per scale) and the report page around them.
 
-As with `distill3d batch` (flows/prompts_source.py's `prepare` does the planning), a run whose items are all in
-the store never starts Prefect; otherwise flows/compare.py's `compare` / `sweep` flow runs the missing ones through
+As with `distill3d batch` (flows/jobs.py's `prepare` does the planning), a run whose items are all in the store
+never starts Prefect; otherwise flows/compare.py's `compare` / `sweep` flow runs the missing ones through
 flows/batch.py's `run_pending` (a `generate-asset` subflow each) and publishes the report's tables as a Prefect
 markdown artifact. A bad item (unknown word, invalid override) fails alone: the report lists it without images.
 """
@@ -24,16 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.gallery import SUCCESS
-from flows.plan import METHODS, default_params_file
-from flows.prompts_source import PromptRow, prepare, read_prompts, slug
-from stages.common import StageError
+from distill3d.report.gallery import SUCCESS
+from flows.jobs import Defaults, prepare, summarise
+from flows.methods import get_method, methods as registered_methods
+from flows.prompts_source import PromptRow, read_prompts, slug
+from stages.core.protocol import StageError
 
-# method -> the param the guidance sweep varies ({stage: {dotted.key: value}} override form)
-GUIDANCE_KEY: dict[str, tuple[str, str]] = {
-    "dreamfusion": ("nerf_sds", "guidance.guidance_scale"),
-    "textmesh": ("sdf_nerf", "guidance.guidance_scale"),
-}
 RUNS = "runs"  # OUT/runs/<name>/: the assembled assets (the report copies their images under OUT/assets/)
 
 
@@ -42,20 +38,24 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     methods = [m.strip() for m in methods if m.strip()]
     if not methods:
         raise StageError("no methods given, e.g. --methods dreamfusion,textmesh")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in known_methods()]
     if unknown:
-        raise StageError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        raise StageError(f"unknown method(s) {unknown}; known: {', '.join(known_methods())}")
     return list(dict.fromkeys(methods))
+
+
+def known_methods() -> list[str]:
+    return list(registered_methods())
 
 
 def method_params(method: str, params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """The sections of `params` ({stage: {dotted.key: value}}) that are stages of `method`: a comparison's
     overrides apply to each method where they make sense (nerf_sds.* to dreamfusion, sdf_nerf.* to textmesh)."""
-    return {k: dict(v) for k, v in (params or {}).items() if k in METHODS[method]}
+    return {k: dict(v) for k, v in (params or {}).items() if k in get_method(method).stages}
 
 
 def check_sections(methods: Sequence[str], params: Mapping[str, Any] | None) -> None:
-    stages = {s for m in methods for s in METHODS[m]}
+    stages = {s for m in methods for s in get_method(m).stages}
     unknown = sorted(set(params or {}) - stages)
     if unknown:
         raise StageError(f"params for unknown stage(s) {unknown}; {', '.join(methods)} have {sorted(stages)}")
@@ -98,10 +98,12 @@ def sweep_rows(prompt: str, guidance_scales: Sequence[float], seeds: Sequence[in
     bad = [g for g in guidance_scales if not (isinstance(g, (int, float)) and math.isfinite(g) and g > 0)]
     if bad:
         raise StageError(f"guidance scales must be positive numbers, not {bad}")
-    section, key = GUIDANCE_KEY[method]
+    spec = get_method(method)
+
     def overrides(g: float) -> dict[str, dict[str, Any]]:
         out = method_params(method, params)
-        out.setdefault(section, {})[key] = g
+        for section, values in spec.shortcut_overrides(guidance_scale=g).items():
+            out.setdefault(section, {}).update(values)
         return out
 
     return [PromptRow(prompt=prompt, source=f"sweep w={float(g):g} s={int(s)}", method=method, seed=int(s),
@@ -110,7 +112,8 @@ def sweep_rows(prompt: str, guidance_scales: Sequence[float], seeds: Sequence[in
 
 
 def guidance_of(entry: Mapping[str, Any]) -> float:
-    section, key = GUIDANCE_KEY[entry["method"]]
+    """The guidance scale of a sweep entry: its method's guidance param (the first, if it has several)."""
+    section, _, key = get_method(entry["method"]).guidance_param[0].partition(".")
     return float(entry["params"][section][key])
 
 
@@ -201,16 +204,17 @@ def _write_json(path: Path, data: Any) -> None:
 
 def finish_compare(entries: list[dict], out_dir: Path, title: str) -> dict[str, Any]:
     """Write the comparison report for finished entries; returns the result dict (no Prefect)."""
-    from distill3d.report import write_report
+    from distill3d.report.html import write_report
 
     page = write_report(report_entries(entries), out_dir, title=title)
     _write_json(out_dir / "summary.json", entries)
-    return _result(entries, page)
+    return summarise(entries, page, "report")
 
 
 def finish_sweep(entries: list[dict], out_dir: Path, title: str) -> dict[str, Any]:
     """Write the sweep figure (grid + plot), out_dir/sweep.json and the report page around them (no Prefect)."""
-    from distill3d.report import sweep_figure, write_report
+    from distill3d.report.html import write_report
+    from distill3d.report.sweep import sweep_figure
 
     points = sweep_points(entries)
     figures = []
@@ -225,58 +229,10 @@ def finish_sweep(entries: list[dict], out_dir: Path, title: str) -> dict[str, An
                    plot=str(out_dir / "sweep_plot.png") if points else None)
     _write_json(out_dir / "sweep.json", summary)
     _write_json(out_dir / "summary.json", entries)
-    return {**_result(entries, page), "sweep": summary}
+    return {**summarise(entries, page, "report"), "sweep": summary}
 
 
-def _result(entries: list[dict], page: Path) -> dict[str, Any]:
-    ok = sum(e["status"] in SUCCESS for e in entries)
-    return {"ok": ok, "failed": len(entries) - ok, "report": str(page), "entries": entries}
-
-
-def prepare_items(rows: list[PromptRow], out_dir: Path, prior: str, device: str,
-                  pfile: Path | None) -> tuple[list[dict], list[dict]]:
-    """flows/prompts_source.py's `prepare` into out_dir/runs: (entries, entries still to run). Each row carries its
-    own method, seed and params, so prepare's batch-wide defaults are unused."""
-    return prepare(rows, out_dir / RUNS, method="dreamfusion", seed=0, params=None, prior=prior, device=device,
-                   params_file=pfile)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# entry points that start Prefect only when something must run
-
-
-def run_compare(prompts: str | Path, out: str | Path, *, methods: Sequence[str], seeds: Sequence[int],
-                params: dict | None = None, prior: str | Path = "models/toy_prior", device: str = "cpu",
-                params_file: Path | None = None, concurrency: int = 1,
-                title: str = "distill3d comparison") -> dict[str, Any]:
-    """What `distill3d compare` runs: all cached -> the report at once; otherwise the `compare` flow."""
-    out_dir = Path(out).resolve()
-    pfile = Path(params_file) if params_file else default_params_file()
-    rows = compare_rows(prompts, methods, seeds, params)
-    entries, pending = prepare_items(rows, out_dir, str(prior), device, pfile)
-    if not pending:
-        return finish_compare(entries, out_dir, title)
-    from flows.compare import compare  # imports prefect
-
-    return compare(prompts=str(Path(prompts).resolve()), out=str(out_dir), methods=list(methods),
-                   seeds=[int(s) for s in seeds], params=params, prior=str(prior), device=device,
-                   params_file=str(pfile) if pfile else None, concurrency=concurrency, title=title)
-
-
-def run_sweep(prompt: str, out: str | Path, *, guidance_scales: Sequence[float], seeds: Sequence[int],
-              method: str = "dreamfusion", params: dict | None = None, prior: str | Path = "models/toy_prior",
-              device: str = "cpu", params_file: Path | None = None, concurrency: int = 1,
-              title: str | None = None) -> dict[str, Any]:
-    """What `distill3d sweep` runs: all cached -> the figure and report at once; otherwise the `sweep` flow."""
-    out_dir = Path(out).resolve()
-    pfile = Path(params_file) if params_file else default_params_file()
-    rows = sweep_rows(prompt, guidance_scales, seeds, method, params)
-    entries, pending = prepare_items(rows, out_dir, str(prior), device, pfile)
-    title = title or f"guidance sweep: {prompt}"
-    if not pending:
-        return finish_sweep(entries, out_dir, title)
-    from flows.compare import sweep  # imports prefect
-
-    return sweep(prompt=prompt, out=str(out_dir), guidance_scales=[float(g) for g in guidance_scales],
-                 seeds=[int(s) for s in seeds], method=method, params=params, prior=str(prior), device=device,
-                 params_file=str(pfile) if pfile else None, concurrency=concurrency, title=title)
+def prepare_items(rows: list[PromptRow], out_dir: Path, defaults: Defaults) -> tuple[list[dict], list[dict]]:
+    """flows/jobs.py's `prepare` into out_dir/runs: (entries, entries still to run). Each row carries its own
+    method, seed and params; `defaults` gives the rest (input folders, device, params file)."""
+    return prepare(rows, out_dir / RUNS, defaults)

@@ -6,7 +6,8 @@
     out/<name>/        each asset (written by the per-prompt flow); links are relative, nothing is fetched
 
 `status` is "ok" (generated now), "cached" (already complete, nothing ran) or "failed". Writing is atomic per file
-(temp + rename), so a reader never sees half a page. No Prefect import here (the batch's cached fast path uses it).
+(temp + rename), so a reader never sees half a page. The comparison report (html.py) is the other page the project
+writes; both live here in distill3d.report.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.common import StageError
+from stages.core.protocol import StageError
 
 
 def check_prompt_for_prior(prompt: str, prior_dir: Path) -> None:

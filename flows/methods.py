@@ -1,0 +1,106 @@
+"""The methods of distill3d, each defined once (see flows/method_spec.py), and their registry.
+
+A definition reads like the paper's algorithm: its steps in order, what each does, and where each step's inputs
+come from. Stages a method shares with another (extract_mesh, bake_texture, export_asset, evaluate) appear by the
+same name, so a DreamFusion and a TextMesh run of one prompt share their cached outputs wherever the inputs agree.
+"""
+
+from __future__ import annotations
+
+from flows.method_spec import Method, MethodInput, Step
+from stages.core.protocol import StageError
+
+PRIOR = MethodInput("prior", "the text-to-image prior: the toy prior folder or a local diffusers Stable Diffusion "
+                    "folder", default="prior.path", option="--prior", made_by="train_prior")
+
+
+def _evaluate(asset: str = "export_asset") -> Step:
+    return Step("evaluate", {"asset": asset}, "metrics",
+                "(toy-world prompts) score the asset against the toy world's ground truth", toy_only=True,
+                output="metrics")
+
+
+def _export(textured: str) -> Step:
+    return Step("export_asset", {"mesh": textured}, "asset", "write mesh.glb, turntable.gif and views.png")
+
+
+DREAMFUSION = Method(
+    name="dreamfusion",
+    title="DreamFusion (Poole et al. 2022)",
+    summary="a NeRF optimised by score distillation (SDS) with classifier-free guidance, view-dependent prompts "
+            "and shading, then meshed and textured",
+    inputs=(PRIOR,),
+    steps=(
+        Step("nerf_sds", {"prior": "prior"}, "field",
+             "optimise a NeRF theta so its renders g(theta, c) from random cameras score well under the prior: "
+             "grad = w(t) (eps_hat(x_t; y, t) - eps) dx/dtheta (score distillation, eq. 3)"),
+        Step("extract_mesh", {"nerf": "nerf_sds"}, "mesh",
+             "marching cubes on the NeRF's density at an automatic level, largest component"),
+        Step("bake_texture", {"mesh": "extract_mesh", "nerf": "nerf_sds"}, "textured",
+             "UV-unwrap the mesh (xatlas) and bake the NeRF's albedo into its texture"),
+        _export("bake_texture"),
+        _evaluate(),
+    ),
+    steps_param=("nerf_sds.optimize.steps",),
+    guidance_param=("nerf_sds.guidance.guidance_scale",),
+)
+
+TEXTMESH = Method(
+    name="textmesh",
+    title="TextMesh (Tsalicoglou et al. 2023)",
+    summary="an SDF NeRF (VolSDF density) by score distillation, its zero-level mesh, and a texture fine-tuned "
+            "against pseudo ground truth the prior makes from four canonical views",
+    inputs=(
+        PRIOR,
+        MethodInput("depth_prior", "a depth-conditioned model (local Stable Diffusion 2 depth folder) that makes the "
+                    "pseudo ground truth from the canonical views and their depth, as in the paper",
+                    option="--depth-prior"),
+        MethodInput("init_mesh", "a mesh (any output holding mesh.glb) the SDF starts from instead of a sphere"),
+    ),
+    steps=(
+        Step("sdf_nerf", {"prior": "prior", "init_mesh": "init_mesh"}, "field",
+             "optimise an SDF field (VolSDF density, eikonal loss, sphere init) with SDS"),
+        Step("extract_mesh", {"nerf": "sdf_nerf"}, "mesh", "marching cubes at the SDF's zero level"),
+        Step("render_canonical_views", {"mesh": "extract_mesh", "nerf": "sdf_nerf"}, "canonical",
+             "the textured mesh from front, right, back and left: colour, masks, depth"),
+        Step("pseudo_gt", {"canonical": "render_canonical_views", "prior": "prior", "depth_prior": "depth_prior"},
+             "pseudo_gt", "img2img of the canonical views by the prior, background kept outside the masks"),
+        Step("texture_finetune", {"canonical": "render_canonical_views", "pseudo_gt": "pseudo_gt", "prior": "prior"},
+             "textured", "mesh fixed: texture <- MSE to the pseudo ground truth + lambda_sds SDS in random views"),
+        _export("texture_finetune"),
+        _evaluate(),
+    ),
+    steps_param=("sdf_nerf.optimize.steps",),
+    guidance_param=("sdf_nerf.guidance.guidance_scale",),
+    replaceable=("sdf_nerf", "extract_mesh"),  # --init-from a DreamFusion run: refine the texture of its geometry
+)
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add `method` to the registry (checked against its own definition); returns it. Tests register small
+    extra methods this way."""
+    method.check()
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister_method(name: str) -> None:
+    _METHODS.pop(name, None)
+
+
+def methods() -> dict[str, Method]:
+    """{name: Method} of every registered method, built-in ones first."""
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registered method `name`, else a one-line StageError listing the known ones."""
+    if name not in _METHODS:
+        raise StageError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+for _method in (DREAMFUSION, TEXTMESH):
+    register_method(_method)
