@@ -21,8 +21,9 @@ minimum gives the nearest face. Barycentrics are then recomputed only for the wi
 
 Differentiability: visibility (which face a pixel sees) is discrete and chosen without gradients. ``interpolate`` is
 differentiable w.r.t. the attributes; ``differentiable_bary`` recomputes the winning faces' barycentrics from the clip
-coordinates with autograd, so gradients can flow to vertex positions through the interior of faces (no silhouette /
-visibility gradients).
+coordinates with autograd, so gradients can flow to vertex positions through the interior of faces. Silhouette
+(visibility) gradients come from the separate antialiasing pass, ``distill3d.mesh.antialias.antialias``, applied to
+an image made from these fragments.
 """
 
 from __future__ import annotations
@@ -127,8 +128,11 @@ def rasterize(
             valid &= area < 0
         # Pixel j is a candidate when its centre j + 0.5 lies in [min, max] of the face's extent.
         # Clamp first: faces close to the camera plane have enormous coordinates.
-        lo = (tri.amin(2).clamp(-1.0, size + 1.0) - 0.5).ceil().long().clamp_min(0)  # (B, F, 2) (col, row)
-        hi = (tri.amax(2).clamp(-1.0, size + 1.0) - 0.5).floor().long().clamp_max(size - 1)
+        # Elementwise min/max of the three corners (a reduction over the size-3 dim is several times slower on CPU).
+        tmin = torch.minimum(torch.minimum(tri[:, :, 0], tri[:, :, 1]), tri[:, :, 2])
+        tmax = torch.maximum(torch.maximum(tri[:, :, 0], tri[:, :, 1]), tri[:, :, 2])
+        lo = (tmin.clamp(-1.0, size + 1.0) - 0.5).ceil().long().clamp_min(0)  # (B, F, 2) (col, row)
+        hi = (tmax.clamp(-1.0, size + 1.0) - 0.5).floor().long().clamp_max(size - 1)
         extent = (hi - lo + 1).clamp_min(0)
         count = extent[..., 0] * extent[..., 1] * valid  # (B, F)
 
@@ -163,7 +167,14 @@ def rasterize(
             best.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
 
     face_id = torch.where(best == _NO_HIT, -1, best & 0xFFFFFFFF).reshape(B, size, size)
-    bary, depth = _winner_bary(clip, faces, face_id)
+    return fragments_from_face_ids(clip, faces, face_id)
+
+
+def fragments_from_face_ids(clip: torch.Tensor, faces: torch.Tensor, face_id: torch.Tensor) -> Fragments:
+    """``Fragments`` (no gradients) from a visibility image made elsewhere (e.g. by nvdiffrast): clip (B, V, 4),
+    faces (F, 3), face_id (B, H, W) int64 (-1 background)."""
+    with torch.no_grad():
+        bary, depth = _winner_bary(clip, faces.to(clip.device, torch.long), face_id)
     return Fragments(face_id=face_id, bary=bary, depth=depth)
 
 
