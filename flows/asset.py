@@ -102,7 +102,7 @@ def assemble(method: Method, outputs: dict[str, str], out: Path, info: dict[str,
             shutil.copy2(metrics / "metrics.json", tmp / "metrics.json")
         manifest = {**info, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "stages": chain_manifest(outputs)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")  # chain order
 
 
 def read_asset_manifest(out: Path) -> dict | None:

@@ -153,6 +153,8 @@ def generate(
     depth_prior: Annotated[Optional[Path], typer.Option(help="textmesh: a local Stable Diffusion 2 depth folder "
                                                         "(diffusers layout) that makes the pseudo ground truth "
                                                         "from the canonical views and their depth")] = None,
+    fine_prior: Annotated[Optional[Path], typer.Option(help="magic3d: the refine stage's higher-resolution prior "
+                                                       "(default: params.yaml's prior.latent_path)")] = None,
     input_: InputOption = None,
     params: ParamsOption = None,
     set_: SetOption = None,
@@ -167,7 +169,7 @@ def generate(
     check_device(device)
     spec = get_method(method)
     overrides = merge(spec.shortcut_overrides(steps, guidance_scale), section_overrides(set_ or []))
-    inputs = input_folders(input_, prior=prior, depth_prior=depth_prior)
+    inputs = input_folders(input_, prior=prior, depth_prior=depth_prior, fine_prior=fine_prior)
     check_inputs_for(spec, inputs)
     provided: dict[str, str] = {}
     if init_from is not None:

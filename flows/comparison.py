@@ -51,11 +51,11 @@ def known_methods() -> list[str]:
 def method_params(method: str, params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """The sections of `params` ({stage: {dotted.key: value}}) that are stages of `method`: a comparison's
     overrides apply to each method where they make sense (nerf_sds.* to dreamfusion, sdf_nerf.* to textmesh)."""
-    return {k: dict(v) for k, v in (params or {}).items() if k in get_method(method).stages}
+    return {k: dict(v) for k, v in (params or {}).items() if k in get_method(method).sections}
 
 
 def check_sections(methods: Sequence[str], params: Mapping[str, Any] | None) -> None:
-    stages = {s for m in methods for s in get_method(m).stages}
+    stages = {s for m in methods for s in get_method(m).sections}
     unknown = sorted(set(params or {}) - stages)
     if unknown:
         raise StageError(f"params for unknown stage(s) {unknown}; {', '.join(methods)} have {sorted(stages)}")

@@ -55,6 +55,7 @@ FIXED: tuple[Fixed, ...] = (
 @dataclass
 class Instance:
     stage: str
+    section: str
     method: str
     prompt: str
     inputs: dict[str, str]  # port -> path
@@ -64,7 +65,7 @@ class Instance:
 
     @property
     def identity(self) -> tuple:
-        return self.stage, self.prompt, tuple(sorted(self.inputs.items()))
+        return self.stage, self.section, self.prompt, tuple(sorted(self.inputs.items()))
 
 
 def _lookup(data: dict, dotted: str) -> Any:
@@ -95,8 +96,8 @@ def instances(all_methods: Iterable[Method], prompts: dict[str, str], params: di
                         continue
                     wired[port] = str(path)
                 suffix = ".json" if step.output == "metrics" else ""
-                inst = Instance(step.stage, method.name, key, wired, f"data/{method.name}/{step.role}/{key}{suffix}",
-                                step.output == "metrics")
+                inst = Instance(step.stage, step.section, method.name, key, wired,
+                                f"data/{method.name}/{step.role}/{key}{suffix}", step.output == "metrics")
                 inst = found.setdefault(inst.identity, inst)
                 inst.methods.append(method.name)
                 outs[step.name] = inst.out
@@ -114,12 +115,13 @@ def _entry(stage: str, group: list[Instance]) -> dict[str, Any]:
     for inst in group:
         name = f"{inst.method}-{inst.prompt}" if per_method else inst.prompt
         items[name] = {"prompt": inst.prompt, "out": inst.out, **{f"in_{p}": inst.inputs[p] for p in ports}}
-    cmd = [f"python -m stages {stage} --params {PARAMS}"]
+    section = group[0].section
+    cmd = [f"python -m stages {stage} --params {PARAMS}" + (f" --section {section}" if section != stage else "")]
     if _takes_prompt(stage):
         cmd.append("--prompt-name ${item.prompt}")
     cmd += [f"--in {p}=${{item.in_{p}}}" for p in ports]
     cmd.append("--out ${item.out}")
-    params: list[Any] = [stage]
+    params: list[Any] = [section]
     if _takes_prompt(stage):
         params.append("prompts.${item.prompt}")
     do: dict[str, Any] = {
@@ -177,7 +179,7 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
     for stage, group in by_stage.items():
         shapes: dict[tuple, list[Instance]] = {}
         for inst in group:  # one foreach needs the same inputs in every item
-            shapes.setdefault((tuple(sorted(inst.inputs)), inst.metrics), []).append(inst)
+            shapes.setdefault((tuple(sorted(inst.inputs)), inst.metrics, inst.section), []).append(inst)
         for i, part in enumerate(shapes.values()):
             stages[stage if i == 0 else f"{stage}_{i + 1}"] = _entry(stage, part)
     stages["report"] = {"foreach": [m.name for m in registered], "do": _report("${item}")}

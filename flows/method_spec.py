@@ -36,6 +36,8 @@ class Step:
     `inputs` maps each input the stage takes to its source: the name of an earlier step, or one of the method's
     inputs. `role` is what the output is in the method: the output's place in dvc.yaml,
     data/<method>/<role>/<prompt name>, and how `--init-from` supplies it (a "field" or a "mesh").
+    `section`: the params.yaml section of its params (default: the stage's name; a method that runs a shared stage
+    with params of its own names its own section, and `--set SECTION.key=v` addresses it).
     `output="metrics"`: DVC keeps only the stage's metrics.json, as data/<method>/<role>/<prompt name>.json.
     """
 
@@ -44,12 +46,15 @@ class Step:
     role: str
     doc: str
     name: str = ""
+    section: str = ""
     toy_only: bool = False
     output: Literal["dir", "metrics"] = "dir"
 
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.stage)
+        if not self.section:
+            object.__setattr__(self, "section", self.stage)
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ class Method:
     summary: str
     inputs: tuple[MethodInput, ...]
     steps: tuple[Step, ...]
-    steps_param: tuple[str, ...]  # "STAGE.dotted.key"s that --steps sets (the optimisation stages' step counts)
-    guidance_param: tuple[str, ...]  # "STAGE.dotted.key"s that --guidance-scale and the guidance sweeps set
+    steps_param: tuple[str, ...]  # "SECTION.dotted.key"s that --steps sets (the optimisation stages' step counts)
+    guidance_param: tuple[str, ...]  # "SECTION.dotted.key"s that --guidance-scale and the guidance sweeps set
     replaceable: tuple[str, ...] = ()  # steps whose outputs --init-from may supply, in chain order
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -81,6 +86,11 @@ class Method:
         return {s.stage for s in self.steps}
 
     @property
+    def sections(self) -> set[str]:
+        """The params.yaml sections of its steps: what `--set SECTION.key=v` and overrides may address."""
+        return {s.section for s in self.steps}
+
+    @property
     def input_names(self) -> list[str]:
         return [i.name for i in self.inputs]
 
@@ -92,7 +102,7 @@ class Method:
 
     def shortcut_overrides(self, steps: int | None = None, guidance_scale: float | None = None
                            ) -> dict[str, dict[str, object]]:
-        """{stage: {dotted.key: value}} for the CLI's --steps / --guidance-scale (None: not set)."""
+        """{section: {dotted.key: value}} for the CLI's --steps / --guidance-scale (None: not set)."""
         out: dict[str, dict[str, object]] = {}
         for keys, value in ((self.steps_param, steps), (self.guidance_param, guidance_scale)):
             if value is None:
@@ -116,8 +126,8 @@ class Method:
                                      f"earlier step nor an input of the method")
             seen.add(s.name)
         for dotted in self.steps_param + self.guidance_param:
-            if dotted.partition(".")[0] not in self.stages:
-                raise ValueError(f"{self.name}: shortcut param {dotted} is not of one of its stages")
+            if dotted.partition(".")[0] not in self.sections:
+                raise ValueError(f"{self.name}: shortcut param {dotted} is not of one of its steps' sections")
         unknown = [r for r in self.replaceable if r not in seen]
         if unknown:
             raise ValueError(f"{self.name}: replaceable steps {unknown} are not steps of the method")

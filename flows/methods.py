@@ -75,6 +75,32 @@ TEXTMESH = Method(
     replaceable=("sdf_nerf", "extract_mesh"),  # --init-from a DreamFusion run: refine the texture of its geometry
 )
 
+MAGIC3D = Method(
+    name="magic3d",
+    title="Magic3D (Lin et al. 2023)",
+    summary="coarse to fine: DreamFusion's NeRF from a low-resolution prior, then a DMTet mesh refined with a "
+            "higher-resolution latent prior through a differentiable rasteriser",
+    inputs=(
+        PRIOR,
+        MethodInput("fine_prior", "the higher-resolution prior of the refine stage: the toy 64x64 latent prior or a "
+                    "local diffusers Stable Diffusion folder", default="prior.latent_path", option="--fine-prior",
+                    made_by="train_latent_prior"),
+    ),
+    steps=(
+        Step("nerf_sds", {"prior": "prior"}, "field",
+             "coarse: a NeRF by SDS from the low-resolution prior (DreamFusion's stage: the same run is shared)"),
+        Step("dmtet_refine", {"nerf": "nerf_sds", "prior": "fine_prior"}, "refined",
+             "fine: a DMTet mesh from the coarse density, SDF + deformation + colour by SDS through the latent "
+             "prior's VAE at 64x64 (t in [0.02, 0.5]), rendered by the differentiable rasteriser"),
+        Step("bake_texture", {"mesh": "dmtet_refine", "nerf": "dmtet_refine"}, "textured",
+             "UV-unwrap the refined mesh and bake its colour network into the texture"),
+        _export("bake_texture"),
+        _evaluate(),
+    ),
+    steps_param=("nerf_sds.optimize.steps", "dmtet_refine.optimize.steps"),
+    guidance_param=("dmtet_refine.guidance.guidance_scale",),
+)
+
 _METHODS: dict[str, Method] = {}
 
 
@@ -102,5 +128,5 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-for _method in (DREAMFUSION, TEXTMESH):
+for _method in (DREAMFUSION, TEXTMESH, MAGIC3D):
     register_method(_method)

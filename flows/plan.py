@@ -91,20 +91,21 @@ def _builtin_default(key: str) -> str | None:
 
 
 def check_overrides(method: Method, overrides: Mapping[str, Any] | None) -> None:
-    unknown = sorted(set(overrides or {}) - method.stages)
+    unknown = sorted(set(overrides or {}) - method.sections)
     if unknown:
-        raise StageError(f"params for unknown stage(s) {unknown}; {method.name} has {sorted(method.stages)}")
+        raise StageError(f"params for unknown stage(s) {unknown}; {method.name} has {sorted(method.sections)}")
 
 
 def stage_params(stage: str, runtime: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                 params_file: Path | None = None) -> StageParams:
-    """Validated params of `stage`: its params.yaml section, then the run-time fields its Params declares
-    (prompt, seed, device), then `overrides[stage]` ({dotted.key: value})."""
+                 params_file: Path | None = None, section: str | None = None) -> StageParams:
+    """Validated params of `stage`: its params.yaml section (`section`, default the stage's name), then the
+    run-time fields its Params declares (prompt, seed, device), then `overrides[section]` ({dotted.key: value})."""
     module = get_stage(stage)
+    section = section or stage
     fields = module.Params.model_fields
     merged: dict[str, Any] = {k: v for k, v in runtime.items() if k in fields}
-    merged.update((overrides or {}).get(stage) or {})
-    return load_params(module, params_file, stage, merged)
+    merged.update((overrides or {}).get(section) or {})
+    return load_params(module, params_file, section, merged)
 
 
 @dataclass
@@ -203,7 +204,7 @@ def resolve_chain(
                                      f"{'was not given' if source in method.input_names else 'this run skips'}")
                 continue
             sources[port] = source
-        params = stage_params(step.stage, runtime, overrides, params_file)
+        params = stage_params(step.stage, runtime, overrides, params_file, step.section)
         chain.links.append(Link(step=step, module=module, params=params, sources=sources))
         made.add(step.name)
     return chain

@@ -1,4 +1,5 @@
-"""`python -m stages NAME --params params.yaml [--section S] [--set a.b=v ...] [--in prior=DIR ...] --out DIR`.
+"""`python -m stages NAME --params params.yaml [--section S] [--set a.b=v ...] [--in prior=DIR ...] --out DIR`;
+`python -m stages` alone lists the stages.
 
 `--prompt-name KEY` sets the `prompt` param to params.yaml's `prompts[KEY]` (dvc.yaml's matrix stages only get the
 key of a prompt: DVC's templating cannot look a value up by a key it iterates over).
@@ -18,12 +19,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stages.common import StageError, execute, get_stage, load_params, read_manifest, read_params_file
+from stages.core.execute import execute
+from stages.core.params import load_params, read_params_file
+from stages.core.protocol import StageError, get_stage, stage_names
+from stages.core.store import read_manifest
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stages", description="Run one distill3d stage (cached, atomic).")
-    p.add_argument("name", help="stage name (train_prior, nerf_sds, ...) or a dotted module path")
+    p.add_argument("name", nargs="?", help="stage name (train_prior, nerf_sds, ...) or a dotted module path; "
+                   "none: list the stages")
     p.add_argument("--params", type=Path, default=None, help="params.yaml to read the stage's section from")
     p.add_argument("--section", default=None, help="section of the params file (default: the stage name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -32,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="set the prompt param to the params file's prompts[KEY]")
     p.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH",
                    help="an input artifact (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (or FILE.json: the stage's metrics)")
+    p.add_argument("--out", type=Path, help="output directory (or FILE.json: the stage's metrics)")
     p.add_argument("--force", action="store_true", help="run even if the output is complete for the same key")
     return p
 
@@ -73,7 +78,14 @@ def _run_to_json(stage, params, inputs, out: Path, force: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.name is None:
+        for name in stage_names():
+            doc = (get_stage(name).__doc__ or "").strip().splitlines()
+            print(f"{name:<24} {doc[0] if doc else ''}")
+        return 0
     try:
+        if args.out is None:
+            raise StageError("--out DIR is required (the stage's output directory, or FILE.json for its metrics)")
         stage = get_stage(args.name)
         overrides = list(args.overrides)
         if args.prompt_name is not None:

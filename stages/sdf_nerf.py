@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from distill3d.fields.sdf import SDFConfig
 from distill3d.fields.sdf_init import MeshInitConfig
@@ -22,6 +22,7 @@ from distill3d.guidance.sds import SDSConfig
 from distill3d.optimize.config import DistillConfig
 from stages.core.protocol import require_file
 from stages.core.store import work_dir
+from stages.shared.defaults import section_defaults
 from stages.shared.field_outputs import save_field_outputs
 from stages.shared.prompted import PromptedParams, check_prompted, load_stage_prior
 
@@ -45,12 +46,7 @@ class Params(PromptedParams):
     preview_views: int = Field(8, ge=1)
     preview_size: int = Field(64, ge=8)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _sdf_optimize_defaults(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("optimize"), dict):
-            data = {**data, "optimize": {**SDF_OPTIMIZE_DEFAULTS, **data["optimize"]}}
-        return data
+    _defaults = section_defaults(optimize=SDF_OPTIMIZE_DEFAULTS)
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:

@@ -1,6 +1,9 @@
-"""Stage `train_prior`: train the toy-world prior (weights committed to git; DVC `cache: false`).
+"""Stage `train_prior`: train the toy-world pixel prior (32x32) into `models/toy_prior` (weights committed to git;
+DVC `cache: false`).
 
-See distill3d.priors.toy_training for the recipe and stages/check_prior.py for what its samples are checked on.
+See distill3d.priors.toy_training for the recipe (random solid backgrounds, balanced captions, DreamFusion's view
+phrases) and stages/check_prior.py for what its samples are checked on. Resumable: checkpoints and the rendered view
+bank live in the stage's work dir until the output is complete.
 """
 
 from __future__ import annotations
@@ -8,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill3d.priors.toy_training import ToyTrainConfig
-from stages.common import StageParams, work_dir
+from stages.core.protocol import StageParams
+from stages.core.store import work_dir
 
 NAME = "train_prior"
 INPUTS: tuple[str, ...] = ()

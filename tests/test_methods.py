@@ -25,8 +25,8 @@ def test_definition_wires_real_stage_inputs_and_shortcuts(name) -> None:
         assert set(step.inputs) <= set(all_inputs(module)), f"{name}/{step.name} wires inputs the stage lacks"
         assert set(module.INPUTS) <= set(step.inputs), f"{name}/{step.name} leaves a required input unwired"
     for dotted in spec.steps_param + spec.guidance_param:  # every shortcut is a real param of its stage
-        stage, _, key = dotted.partition(".")
-        model = get_stage(stage).Params
+        section, _, key = dotted.partition(".")
+        model = get_stage(next(s.stage for s in spec.steps if s.section == section)).Params
         for part in key.split("."):
             field = model.model_fields[part]
             model = field.annotation

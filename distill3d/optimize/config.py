@@ -27,6 +27,8 @@ class DistillConfig(BaseModel):
     camera: CameraDistribution = Field(default_factory=CameraDistribution)
     view_dependent_prompts: bool = True
     # Shading schedule (DreamFusion 3.1/3.2): albedo only at first, then random among the modes with random light.
+    # "normal" (the normal map as colour, for SDS on geometry alone: ProlificDreamer's geometry stage) needs a
+    # renderer that draws it (a mesh scene).
     albedo_only_fraction: float = 0.1
     shading_probs: dict[str, float] = Field(
         default_factory=lambda: {"albedo": 0.2, "lambertian": 0.4, "textureless": 0.4})
@@ -48,9 +50,9 @@ class DistillConfig(BaseModel):
     @field_validator("shading_probs")
     @classmethod
     def _check_probs(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = set(v) - {"albedo", "lambertian", "textureless"}
+        bad = set(v) - {"albedo", "lambertian", "textureless", "normal"}
         if bad or not v or min(v.values()) < 0 or sum(v.values()) <= 0:
-            raise ValueError(f"shading_probs must map albedo/lambertian/textureless to weights >= 0, got {v}")
+            raise ValueError(f"shading_probs must map albedo/lambertian/textureless/normal to weights >= 0, got {v}")
         return v
 
     def lr_for(self, group: str) -> float:

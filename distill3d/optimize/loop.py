@@ -28,7 +28,7 @@ from distill3d.priors.base import Prior
 from distill3d.shading import random_light_directions
 
 CHECKPOINT_NAME = "checkpoint.pt"
-SHADING_MODES = ("albedo", "lambertian", "textureless")
+SHADING_MODES = ("albedo", "lambertian", "textureless", "normal")
 
 
 def make_optimizer(scenes: Sequence[nn.Module], cfg: DistillConfig) -> torch.optim.Adam:
@@ -159,7 +159,7 @@ def distill(
             images = torch.cat([o["rgb"] for o in outs]).permute(0, 3, 1, 2)
             cams = views[0] if n == 1 else cat_cameras(views)
             t2 = time.perf_counter()
-            text = prompts.for_cameras(cams, textureless=mode == "textureless")
+            text = prompts.for_cameras(cams, textureless=mode in ("textureless", "normal"))  # no albedo shown
             g = guide(prior, images, text, progress_frac, generator=gen, cameras=cams)
             t3 = time.perf_counter()
             losses = {k: v * n if n > 1 else v for k, v in g.items() if k.startswith("loss_")}
