@@ -169,8 +169,10 @@ def sweep_points(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def sweep_summary(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """{points: [{guidance_scale, seed, status, saturation, saturation_excess, iou_mean}], by_scale: [{guidance_scale,
-    saturation, iou_mean} (means over seeds)], saturation: [per-scale means, ascending scale], monotonic: bool}."""
+    """{points: [{guidance_scale, seed, status, saturation, saturation_excess, iou_mean, volume_iou}], by_scale:
+    [{guidance_scale, saturation, iou_mean, volume_iou} (means over seeds)], saturation: [per-scale means, ascending
+    scale], monotonic: bool}. ``iou_mean`` is the silhouette IoU over all views (metrics' ``iou_all_views``),
+    ``volume_iou`` the volumetric IoU (``volume.iou``)."""
     from distill3d.report.table import lookup
 
     points = []
@@ -179,7 +181,8 @@ def sweep_summary(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         points.append({"guidance_scale": guidance_of(e), "seed": e["seed"], "status": e.get("status"),
                        "saturation": lookup(m, "saturation.mean"),
                        "saturation_excess": lookup(m, "saturation.excess"),
-                       "iou_mean": lookup(m, "iou_mean"), "out": e["out"]})
+                       "iou_mean": lookup(m, "iou_all_views"), "volume_iou": lookup(m, "volume.iou"),
+                       "out": e["out"]})
 
     def mean(values: list) -> float | None:
         values = [float(v) for v in values if v is not None]
@@ -189,7 +192,8 @@ def sweep_summary(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for g in sorted({p["guidance_scale"] for p in points}):
         here = [p for p in points if p["guidance_scale"] == g]
         by_scale.append({"guidance_scale": g, "saturation": mean([p["saturation"] for p in here]),
-                         "iou_mean": mean([p["iou_mean"] for p in here])})
+                         "iou_mean": mean([p["iou_mean"] for p in here]),
+                         "volume_iou": mean([p["volume_iou"] for p in here])})
     sat = [s["saturation"] for s in by_scale]
     known = [s for s in sat if s is not None]
     monotonic = len(known) == len(sat) and all(a <= b for a, b in zip(known, known[1:]))

@@ -181,7 +181,8 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
         for inst in group:  # one foreach needs the same inputs in every item
             shapes.setdefault((tuple(sorted(inst.inputs)), inst.metrics, inst.section), []).append(inst)
         for i, part in enumerate(shapes.values()):
-            stages[stage if i == 0 else f"{stage}_{i + 1}"] = _entry(stage, part)
+            name = part[0].section if part[0].section != stage else stage  # a method's own params: its own entry
+            stages[name if name not in stages else f"{name}_{i + 1}"] = _entry(stage, part)
     stages["report"] = {"foreach": [m.name for m in registered], "do": _report("${item}")}
     table = "\n".join(f"#   {m.name:<13} " + " -> ".join(f"{s.name} ({s.role})" for s in m.steps) for m in registered)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120, default_flow_style=False)

@@ -101,6 +101,33 @@ MAGIC3D = Method(
     guidance_param=("dmtet_refine.guidance.guidance_scale",),
 )
 
+FINE_PRIOR = MAGIC3D.input("fine_prior")
+
+PROLIFICDREAMER = Method(
+    name="prolificdreamer",
+    title="ProlificDreamer (Wang et al. 2023)",
+    summary="particles of NeRFs by Variational Score Distillation (a camera-conditioned LoRA of the prior learns "
+            "the particles' renders), then each refined into a mesh: geometry by SDS on its normal maps, texture by "
+            "VSD",
+    inputs=(PRIOR, FINE_PRIOR),
+    steps=(
+        Step("nerf_sds", {"prior": "prior"}, "field", name="vsd_nerf", section="vsd_nerf",
+             doc="n NeRF particles by VSD: grad = w(t) (eps_pretrained_cfg(x_t; y, t) - eps_lora(x_t; y, t, c)) "
+                 "dx/dtheta (eq. 9), the LoRA trained on the particles' renders; t_max annealed 0.98 -> 0.5"),
+        Step("dmtet_refine", {"nerf": "vsd_nerf", "prior": "fine_prior"}, "geometry", section="vsd_geometry",
+             doc="geometry: each particle's DMTet mesh by SDS on its rendered normal maps, normal consistency and "
+                 "Laplacian"),
+        Step("vsd_texture", {"mesh": "dmtet_refine", "prior": "fine_prior"}, "texture",
+             "texture: geometry fixed, the particles' colour networks by VSD against one shared LoRA"),
+        Step("bake_texture", {"mesh": "vsd_texture", "nerf": "vsd_texture"}, "textured",
+             "UV-unwrap each particle's mesh and bake its colour network into the texture"),
+        _export("bake_texture"),
+        _evaluate(),
+    ),
+    steps_param=("vsd_nerf.optimize.steps", "vsd_geometry.optimize.steps", "vsd_texture.optimize.steps"),
+    guidance_param=("vsd_nerf.vsd.guidance_scale", "vsd_texture.vsd.guidance_scale"),
+)
+
 _METHODS: dict[str, Method] = {}
 
 
@@ -128,5 +155,5 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-for _method in (DREAMFUSION, TEXTMESH, MAGIC3D):
+for _method in (DREAMFUSION, TEXTMESH, MAGIC3D, PROLIFICDREAMER):
     register_method(_method)

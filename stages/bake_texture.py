@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.core.protocol import StageError, StageParams, require_file
+from stages.shared.particles import map_particles
 
 NAME = "bake_texture"
 INPUTS = ("mesh",)
@@ -28,6 +29,10 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    return map_particles(_run_one, params, inputs, out)  # a particle set: each particle (ProlificDreamer)
+
+
+def _run_one(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.fields.loading import load_field
     from distill3d.mesh.gltf import load_glb, save_glb
     from distill3d.mesh.uv import ensure_texture

@@ -27,6 +27,7 @@ from stages.core.protocol import StageError, require_file
 from stages.core.store import work_dir
 from stages.shared.defaults import section_defaults
 from stages.shared.prompted import PromptedParams, check_prompted, load_stage_prior
+from stages.shared.particles import map_particles
 
 NAME = "dmtet_refine"
 INPUTS = ("nerf", "prior")
@@ -73,6 +74,10 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    return map_particles(_run_one, params, inputs, out)  # a particle set: each particle (ProlificDreamer)
+
+
+def _run_one(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     import json
 
     import torch

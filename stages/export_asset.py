@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.core.protocol import MESH_BEFORE, StageError, StageParams, require_file
+from stages.shared.particles import map_particles
 
 NAME = "export_asset"
 INPUTS = ("mesh",)
@@ -34,6 +35,10 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    return map_particles(_run_one, params, inputs, out)  # a particle set: each particle (ProlificDreamer)
+
+
+def _run_one(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     import shutil
 
     from distill3d.mesh.gltf import load_glb, save_glb

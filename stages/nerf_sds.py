@@ -1,7 +1,12 @@
-"""Stage `nerf_sds`: optimise a radiance field with score distillation (DreamFusion, Poole et al. 2022, Sec. 3).
+"""Stage `nerf_sds`: optimise a radiance field with score distillation (DreamFusion, Poole et al. 2022, Sec. 3), or
+several (particles) with Variational Score Distillation (ProlificDreamer, Wang et al. 2023, Sec. 4: `vsd` set).
 
-Output: the field (`field.json` + `field.safetensors`), `history.json` (loss curves, timings split into
-render / prior / backward) and `views.png` (a ring of albedo and shaded renders of the field).
+`guidance` (SDS) scores the renders; with `vsd` set instead, VSD does (distill3d.guidance.vsd: a camera-conditioned
+LoRA of the prior trained on all particles' renders), and `particles` fields are optimised together against it.
+
+Output: the field (`field.json` + `field.safetensors`; particles: `particles/<i>/`, particle 0 mirrored at the top),
+`history.json` (loss curves, timings split into render / prior / backward) and `views.png` (a ring of albedo and
+shaded renders of each field).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from pydantic import Field
 
 from distill3d.fields.nerf import FieldConfig
 from distill3d.guidance.sds import SDSConfig
+from distill3d.guidance.vsd import VSDConfig
 from distill3d.optimize.config import DistillConfig
+from stages.core.protocol import StageError
 from stages.core.store import work_dir
 from stages.shared.field_outputs import save_field_outputs
 from stages.shared.prompted import PromptedParams, check_prompted, load_stage_prior
@@ -25,21 +32,36 @@ class Params(PromptedParams):
     field: FieldConfig = Field(default_factory=FieldConfig)
     optimize: DistillConfig = Field(default_factory=DistillConfig)
     guidance: SDSConfig = Field(default_factory=SDSConfig)
+    vsd: VSDConfig | None = Field(None, description="set: Variational Score Distillation instead of SDS")
+    particles: int = Field(1, ge=1, le=16, description="fields optimised together (VSD's particles)")
     preview_views: int = Field(8, ge=1)
     preview_size: int = Field(64, ge=8)
 
 
-check = check_prompted
+def check(params: Params, inputs: dict[str, Path]) -> None:
+    check_prompted(params, inputs)
+    if params.particles > 1 and params.vsd is None:
+        raise StageError(f"{params.particles} particles need VSD (set vsd: {{}}): under SDS particles are just "
+                         "independent runs, use several seeds")
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    import contextlib
+
     from distill3d.fields.nerf import RadianceField
+    from distill3d.guidance.vsd import VSDGuidance
     from distill3d.optimize.loop import distill
     from distill3d.optimize.scene import volume_scene
 
     prior = load_stage_prior(params, inputs["prior"])
-    field = RadianceField(params.field)
-    history = distill([volume_scene(field, params.optimize, params.device)], prior, params.prompt, params.optimize,
-                      seed=params.seed, device=params.device, work_dir=work_dir(NAME, params, inputs),
-                      guidance=params.guidance)
-    return save_field_outputs(field, history, out, params.preview_views, params.preview_size)
+    fields = [RadianceField(params.field) for _ in range(params.particles)]  # each drawn from the seeded RNG
+    cfg = params.optimize
+    with contextlib.ExitStack() as stack:
+        guidance = params.guidance
+        if params.vsd is not None:
+            guidance = stack.enter_context(VSDGuidance(prior, params.vsd))
+            cfg = cfg.model_copy(update={"extra_lambdas": {"vsd": 1.0, **cfg.extra_lambdas}})
+        history = distill([volume_scene(f, cfg, params.device) for f in fields], prior, params.prompt, cfg,
+                          seed=params.seed, device=params.device, work_dir=work_dir(NAME, params, inputs),
+                          guidance=guidance)
+    return save_field_outputs(fields, history, out, params.preview_views, params.preview_size)

@@ -80,5 +80,5 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     scene = volume_scene(field, cfg, params.device, regularizers=eikonal)
     history = distill([scene], prior, params.prompt, cfg, seed=params.seed, device=params.device,
                       work_dir=work_dir(NAME, params, inputs), guidance=params.guidance)
-    summary = save_field_outputs(field, history, out, params.preview_views, params.preview_size)
+    summary = save_field_outputs([field], history, out, params.preview_views, params.preview_size)
     return {**extra, **summary, "beta": float(field.beta.detach())}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
+from distill3d.fields.jacobian import mlp_with_input_grad
 
 
 class _TruncExp(torch.autograd.Function):
@@ -115,6 +116,23 @@ class RadianceField(nn.Module):
         h = self.mlp(self.encoding(x))
         return h[:, 0] + self.density_bias(x), h[:, 1:]
 
+    def density_bias_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) -> (N, 3) the spatial gradient of ``density_bias``."""
+        c = self.cfg
+        if c.blob == "gaussian":
+            blob = c.blob_density * torch.exp(-(x * x).sum(-1) / (2 * c.blob_radius**2))
+            return blob[:, None] * (-x / c.blob_radius**2)
+        if c.blob == "linear":
+            return -c.blob_density / c.blob_radius * x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return torch.zeros_like(x)
+
+    def _raw_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3) -> pre-activation density (N,), albedo logits (N, 3) and the density's spatial gradient (N, 3)
+        (analytic, first-order differentiable: no double backward)."""
+        feats, jac = self.encoding.forward_with_grad(x)
+        h, grad = mlp_with_input_grad(self.mlp, feats, jac)
+        return h[:, 0] + self.density_bias(x), h[:, 1:], grad + self.density_bias_grad(x)
+
     def _activate(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         sigma = nn.functional.softplus(raw) if self.cfg.density_activation == "softplus" else trunc_exp(raw)
         inside = (x.abs() <= self.bound).all(dim=-1)
@@ -123,26 +141,18 @@ class RadianceField(nn.Module):
     def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals at x (N, 3).
 
-        Normals n = -grad sigma / |grad sigma| by autograd. The gradient is taken of the pre-activation density,
-        which has the same direction (the activation is monotonic) and no exp overflow. ``create_graph=True``
-        keeps the graph so losses on normals (orientation loss, Lambertian shading) train the field; it works
-        even when called under ``torch.no_grad()``.
+        Normals n = -grad sigma / |grad sigma|, the gradient computed analytically with the features
+        (``_raw_and_grad``: the same value autograd gives, without its double backward). The gradient is taken of
+        the pre-activation density, which has the same direction (the activation is monotonic) and no exp
+        overflow. ``create_graph=True`` keeps the normals differentiable so losses on them (orientation loss,
+        Lambertian shading) train the field; otherwise they are detached.
         """
         if not normals:
             raw, alb = self._raw(x)
             return FieldOutput(self._activate(raw, x), torch.sigmoid(alb), None)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            raw, alb = self._raw(xg)
-            (g,) = torch.autograd.grad(raw.sum(), xg, create_graph=create_graph)
-            n = -g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            sigma = self._activate(raw, xg)
-            alb = torch.sigmoid(alb)
-        if not torch.is_grad_enabled():
-            sigma, alb, n = sigma.detach(), alb.detach(), n.detach()
-        elif not create_graph:
-            n = n.detach()
-        return FieldOutput(sigma, alb, n)
+        raw, alb, g = self._raw_and_grad(x)
+        n = -g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return FieldOutput(self._activate(raw, x), torch.sigmoid(alb), n if create_graph else n.detach())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) -> (sigma (N,), albedo (N, 3))."""

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
+from distill3d.fields.jacobian import mlp_with_input_grad
 from distill3d.fields.nerf import FieldOutput
 
 
@@ -128,13 +129,20 @@ class SDFField(nn.Module):
         """x (N, 3) -> signed distance (N,), negative inside."""
         return self._raw(x)[0]
 
+    def _raw_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3) -> signed distance (N,), albedo logits (N, 3) and grad_x s (N, 3): analytic, first-order
+        differentiable (no double backward)."""
+        feats, jac = self.encoding.forward_with_grad(x)
+        h, grad = mlp_with_input_grad(self.mlp, feats, jac)
+        if self.cfg.init == "sphere":
+            grad = grad + x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return h[:, 0] + self.sdf_init(x), h[:, 1:], grad
+
     def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, 3) -> s (N,), grad_x s (N, 3) by autograd (graph kept with ``create_graph``, e.g. for eikonal)."""
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            s = self.sdf(xg)
-            (g,) = torch.autograd.grad(s.sum(), xg, create_graph=create_graph)
-        return s, g
+        """x (N, 3) -> s (N,), grad_x s (N, 3) (differentiable with ``create_graph``, e.g. for the eikonal term;
+        detached otherwise)."""
+        s, _, g = self._raw_and_grad(x)
+        return s, (g if create_graph else g.detach())
 
     def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals n = grad s / |grad s| at x (N, 3); same contract as
@@ -142,18 +150,9 @@ class SDFField(nn.Module):
         if not normals:
             s, alb = self._raw(x)
             return FieldOutput(self._density(s, x), torch.sigmoid(alb), None)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            s, alb = self._raw(xg)
-            (g,) = torch.autograd.grad(s.sum(), xg, create_graph=create_graph)
-            n = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            sigma = self._density(s, xg)
-            alb = torch.sigmoid(alb)
-        if not torch.is_grad_enabled():
-            sigma, alb, n = sigma.detach(), alb.detach(), n.detach()
-        elif not create_graph:
-            n = n.detach()
-        return FieldOutput(sigma, alb, n)
+        s, alb, g = self._raw_and_grad(x)
+        n = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return FieldOutput(self._density(s, x), torch.sigmoid(alb), n if create_graph else n.detach())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) -> (sigma (N,), albedo (N, 3))."""
