@@ -125,7 +125,30 @@ PROLIFICDREAMER = Method(
         _evaluate(),
     ),
     steps_param=("vsd_nerf.optimize.steps", "vsd_geometry.optimize.steps", "vsd_texture.optimize.steps"),
-    guidance_param=("vsd_nerf.vsd.guidance_scale", "vsd_texture.vsd.guidance_scale"),
+    guidance_param=("vsd_nerf.guidance.guidance_scale", "vsd_texture.guidance.guidance_scale"),
+)
+
+MVDREAM = Method(
+    name="mvdream",
+    title="MVDream (Shi et al. 2023)",
+    summary="a NeRF by multi-view score distillation: a prior that denoises 4 views of one object together, "
+            "conditioned on their cameras, scores 4 renders 90 degrees apart each step (no Janus faces)",
+    inputs=(MethodInput("prior", "the multi-view prior: the toy 4-view prior, or a folder with the released MVDream "
+                        "checkpoint (see distill3d/priors/mvdream.py)", default="prior.multiview_path",
+                        option="--prior", made_by="train_mv_prior"),),
+    steps=(
+        Step("nerf_sds", {"prior": "prior"}, "field", name="mv_nerf", section="mv_nerf",
+             doc="a NeRF by multi-view SDS: each step 4 cameras 90 degrees apart (one random offset, shared "
+                 "elevation / fov / distance), one t for the group, CFG with rescale, t annealed high to low"),
+        Step("extract_mesh", {"nerf": "mv_nerf"}, "mesh",
+             "marching cubes on the NeRF's density at an automatic level, largest component"),
+        Step("bake_texture", {"mesh": "extract_mesh", "nerf": "mv_nerf"}, "textured",
+             "UV-unwrap the mesh and bake the NeRF's albedo into its texture"),
+        _export("bake_texture"),
+        _evaluate(),
+    ),
+    steps_param=("mv_nerf.optimize.steps",),
+    guidance_param=("mv_nerf.guidance.guidance_scale",),
 )
 
 _METHODS: dict[str, Method] = {}
@@ -155,5 +178,5 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-for _method in (DREAMFUSION, TEXTMESH, MAGIC3D, PROLIFICDREAMER):
+for _method in (DREAMFUSION, TEXTMESH, MAGIC3D, PROLIFICDREAMER, MVDREAM):
     register_method(_method)

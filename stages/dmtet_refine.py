@@ -4,7 +4,7 @@ rasteriser (Magic3D, Lin et al. 2023, Sec. 4.2; DMTet, Shen et al. 2021).
 A tetrahedral grid is placed in the coarse field's tight bounding box plus a margin; its per-vertex SDF starts at
 the field's density surface (automatic level unless `init.level` is set), its per-vertex deformation at 0 (bounded:
 tanh times a fraction of a cell), and the coarse field's colour network is inherited. SDF, deformation and colour
-are optimised together by SDS from the `prior` (the fine, higher-resolution prior: 64x64 latent prior or Stable
+are optimised together by SDS (`guidance`) from the `prior` (the fine, higher-resolution prior: 64x64 latent prior or Stable
 Diffusion; t in [0.02, 0.5], Magic3D's refine range) on rasterised renders (`render_size`), with the mesh
 regularisers (normal consistency, Laplacian) weighted by `optimize.extra_lambdas`. Checkpoints and resume as
 nerf_sds. Shading "normal" only (with `optimize.shading_probs: {normal: 1}`) optimises the geometry alone, from
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from distill3d.guidance.choice import GuidanceConfig
 from distill3d.guidance.sds import SDSConfig
 from distill3d.optimize.config import DistillConfig
 from stages.core.protocol import StageError, require_file
@@ -59,7 +60,7 @@ REFINE_GUIDANCE = {"t_min": 0.02, "t_max": 0.5, "guidance_scale": 10.0}
 class Params(PromptedParams):
     init: InitParams = Field(default_factory=InitParams)
     optimize: DistillConfig = Field(default_factory=lambda: DistillConfig(**REFINE_OPTIMIZE))
-    guidance: SDSConfig = Field(default_factory=lambda: SDSConfig(**REFINE_GUIDANCE))
+    guidance: GuidanceConfig = Field(default_factory=lambda: SDSConfig(**REFINE_GUIDANCE))
     preview_views: int = Field(8, ge=1)
     preview_size: int = Field(64, ge=8)
 
@@ -84,6 +85,7 @@ def _run_one(params: Params, inputs: dict[str, Path], out: Path) -> dict:
 
     from distill3d.cameras import ring_cameras
     from distill3d.fields.loading import load_field
+    from distill3d.guidance.choice import guidance_for
     from distill3d.mesh.dmtet import DMTetInit, DMTetScene, EmptySurfaceError
     from distill3d.mesh.gltf import save_glb
     from distill3d.optimize.loop import distill
@@ -97,8 +99,9 @@ def _run_one(params: Params, inputs: dict[str, Path], out: Path) -> dict:
                      match_views=cfg.match_views, match_size=cfg.match_size)
     try:
         scene = DMTetScene.from_field(coarse, init, deform_fraction=cfg.deform_fraction)
-        history = distill([scene], prior, params.prompt, params.optimize, seed=params.seed, device=params.device,
-                          work_dir=work_dir(NAME, params, inputs), guidance=params.guidance)
+        with guidance_for(params.guidance, prior) as guidance:
+            history = distill([scene], prior, params.prompt, params.optimize, seed=params.seed,
+                              device=params.device, work_dir=work_dir(NAME, params, inputs), guidance=guidance)
     except EmptySurfaceError as exc:
         raise StageError(f"{exc}; set dmtet_refine.init.level (e.g. --set dmtet_refine.init.level=5)") from None
     scene = scene.cpu().eval()

@@ -3,7 +3,9 @@
 Inputs: `assets` (a folder of asset folders, data/<method>/asset/<name>/ with turntable.gif and views.png) and
 `metrics` (a folder of the evaluate stage's files, data/<method>/metrics/<name>.json). Output: index.html,
 report.md, entries.json (every asset's metrics, as write_report's metrics.json) and metrics.json: a flat summary
-(per prompt name and the mean over prompts of IoU, colour error, saturation, saturation excess) that
+(per prompt name and the mean over prompts of ``SUMMARY_KEYS``: silhouette IoU over all views (ring + top + bottom),
+volumetric IoU, Chamfer distance (world units), CIELAB colour error, normal error and roughness (degrees), ring-only
+IoU, saturation, saturation excess) that
 `dvc metrics show` reads (`python -m stages report ... --out data/<method>/report_summary.json` writes just that
 file). No Prefect: this is what `dvc repro report@<method>` runs.
 """
@@ -19,7 +21,10 @@ from stages.core.protocol import StageError, StageParams
 
 NAME = "report"
 INPUTS = ("assets", "metrics")
-SUMMARY_KEYS = (("iou_mean", "iou_mean"), ("colour_error_lab", "colour_error_lab"),
+# (summary key, dotted path into an evaluate metrics.json): geometry first, the all-view silhouette IoU the headline.
+SUMMARY_KEYS = (("iou_all_views", "iou_all_views"), ("volume_iou", "volume.iou"), ("chamfer", "chamfer.chamfer"),
+                ("colour_error_lab", "colour_error_lab"), ("normal_error_deg", "normals.error_deg"),
+                ("roughness_deg", "normals.roughness_deg"), ("iou_ring_mean", "iou_ring_mean"),
                 ("saturation", "saturation.mean"), ("saturation_excess", "saturation.excess"))
 
 

@@ -1,6 +1,6 @@
 """Stage `vsd_texture`: ProlificDreamer's third stage (Wang et al. 2023, Sec. 4.2): the mesh's geometry fixed, its
-texture (the colour network on the surface) optimised by Variational Score Distillation, every particle against the
-one shared camera-conditioned LoRA.
+texture (the colour network on the surface) optimised by Variational Score Distillation (`guidance`, kind "vsd"
+by default), every particle against the one shared camera-conditioned LoRA.
 
 Input `mesh`: a DMTet scene (dmtet_refine's output: `dmtet.json` + weights; a particle set holds one per particle)
 and `prior`. Output, per particle (a particle set as its input): `mesh.glb` (the fixed surface), the trained colour
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from distill3d.guidance.choice import GuidanceConfig
 from distill3d.guidance.vsd import VSDConfig
 from distill3d.optimize.config import DistillConfig
 from stages.core.protocol import require_file
@@ -26,16 +27,16 @@ INPUTS = ("mesh", "prior")
 
 # Texture only: albedo and Lambertian renders at the prior's resolution; the colour network at the field's rates.
 TEXTURE_OPTIMIZE = {"steps": 300, "albedo_only_fraction": 0.0, "shading_probs": {"albedo": 0.7, "lambertian": 0.3},
-                    "extra_lambdas": {"vsd": 1.0, "normal_consistency": 0.0, "laplacian": 0.0}}
+                    "extra_lambdas": {"normal_consistency": 0.0, "laplacian": 0.0}}
 
 
 class Params(PromptedParams):
     optimize: DistillConfig = Field(default_factory=lambda: DistillConfig(**TEXTURE_OPTIMIZE))
-    vsd: VSDConfig = Field(default_factory=VSDConfig)
+    guidance: GuidanceConfig = Field(default_factory=VSDConfig)
     preview_views: int = Field(8, ge=1)
     preview_size: int = Field(64, ge=8)
 
-    _defaults = section_defaults(optimize=TEXTURE_OPTIMIZE)
+    _defaults = section_defaults(optimize=TEXTURE_OPTIMIZE, guidance={"kind": "vsd"})
 
 
 def check(params: Params, inputs: dict[str, Path]) -> None:
@@ -49,7 +50,7 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     import torch
 
     from distill3d.cameras import ring_cameras
-    from distill3d.guidance.vsd import VSDGuidance
+    from distill3d.guidance.choice import guidance_for
     from distill3d.mesh.dmtet import DMTetScene
     from distill3d.mesh.gltf import save_glb
     from distill3d.optimize.loop import distill
@@ -62,9 +63,9 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     for scene in scenes:  # geometry fixed: only the colour network learns
         scene.sdf.requires_grad_(False)
         scene.deform.requires_grad_(False)
-    with VSDGuidance(prior, params.vsd) as vsd:
+    with guidance_for(params.guidance, prior) as guidance:
         history = distill(scenes, prior, params.prompt, params.optimize, seed=params.seed, device=params.device,
-                          work_dir=work_dir(NAME, params, inputs), guidance=vsd)
+                          work_dir=work_dir(NAME, params, inputs), guidance=guidance)
     cams = ring_cameras(params.preview_views)
     rows = []
     for i, scene in enumerate(scenes):

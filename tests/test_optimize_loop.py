@@ -121,3 +121,49 @@ def test_textureless_steps_are_scored_against_the_textureless_prompt() -> None:
     expect = {"albedo": len("a red cube") / 10, "textureless": len("a white cube") / 10}
     assert set(shading) == {"albedo", "textureless"}
     assert seen == pytest.approx([expect[m] for m in shading])
+
+
+def test_orbit_cameras_and_random_backgrounds_reach_the_guidance() -> None:
+    """camera_sampler "orbit" renders groups of the prior's views_per_sample cameras 90 degrees apart and hands them
+    to the guidance; background "random" composites each group over one solid colour (white or uniform)."""
+    seen: list = []
+
+    class Recorder:
+        def __call__(self, prior, images, text, progress, generator=None, cameras=None):
+            seen.append((images.detach().clone(), cameras))
+            return {"loss_sds": images.mean()}
+
+    prior = LinearPrior()
+    prior.views_per_sample = 4
+    cfg = _cfg(steps=6, views_per_step=8, camera_sampler="orbit", background="random",
+               background_white_probability=0.0, lambda_opacity=0.0)
+    distill([volume_scene(_field(), cfg)], prior, "a red cube", cfg, seed=0, progress=False, guidance=Recorder())
+    images, cams = seen[-1]
+    assert images.shape[0] == 8 and len(cams) == 8
+    az = cams.azimuth.view(2, 4)
+    gaps = ((az[:, 1:] - az[:, :-1]) % 360)
+    assert torch.allclose(gaps, torch.full_like(gaps, 90.0), atol=1e-3)
+    assert torch.allclose(cams.elevation.view(2, 4), cams.elevation.view(2, 4)[:, :1].expand(2, 4))
+    corner = images[:, :, 0, 0]  # the field starts nearly empty: the corner pixel is the background
+    assert torch.allclose(corner[:4], corner[:1].expand(4, 3), atol=1e-3)  # one colour per group
+    assert (corner[0] - corner[4]).abs().max() > 1e-3 and (corner < 0.999).any()  # groups differ, not white
+
+
+def test_several_scenes_are_particles_of_one_guidance_call() -> None:
+    """Two scenes (particles) render into one guidance batch each step and are optimised apart."""
+    batches: list[int] = []
+
+    class Recorder:
+        def __call__(self, prior, images, text, progress, generator=None, cameras=None):
+            batches.append(images.shape[0])
+            return {"loss_sds": ((images - 0.5) ** 2).mean()}
+
+    torch.manual_seed(1)
+    a, b = _field(), _field()
+    before = [f.encoding.table.detach().clone() for f in (a, b)]
+    cfg = _cfg(steps=4, views_per_step=2)
+    distill([volume_scene(a, cfg), volume_scene(b, cfg)], LinearPrior(), "a red cube", cfg, seed=0, progress=False,
+            guidance=Recorder())
+    assert batches == [4] * 4
+    after = [f.encoding.table.detach() for f in (a, b)]
+    assert all(not torch.equal(x, y) for x, y in zip(before, after)) and not torch.equal(after[0], after[1])

@@ -22,7 +22,7 @@ vsd_nerf:
   particles: 2
   field: {blob_density: 5.0}
   optimize: {steps: 40, n_samples: 32, checkpoint_every: 1000}
-  vsd: {guidance_scale: 7.5}
+  guidance: {kind: vsd, guidance_scale: 7.5}
   preview_views: 2
   preview_size: 16
 vsd_geometry:
@@ -62,7 +62,7 @@ def test_prolificdreamer_end_to_end(tmp_path, monkeypatch) -> None:
     a, b = (load_file(str(Path(out["vsd_nerf"]) / "particles" / i / "field.safetensors")) for i in "01")
     assert any((a[k] - b[k]).abs().max() > 1e-3 for k in a)  # distinct fields
     nerf = json.loads((Path(out["vsd_nerf"]) / "manifest.json").read_text())
-    assert nerf["params"]["vsd"]["guidance_scale"] == 7.5 and "loss_vsd" in nerf["extra"]["final_losses"]
+    assert nerf["params"]["guidance"]["kind"] == "vsd" and "loss_vsd" in nerf["extra"]["final_losses"]
     for i in "01":
         assert (Path(out["export_asset"]) / "particles" / i / "mesh.glb").is_file()
     metrics = json.loads((Path(out["evaluate"]) / "metrics.json").read_text())

@@ -36,6 +36,7 @@ class SDSConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["sds"] = "sds"
     guidance_scale: float = Field(100.0, ge=0.0)
     t_min: float = Field(0.02, ge=0.0, le=1.0)
     t_max: float = Field(0.98, gt=0.0, le=1.0)

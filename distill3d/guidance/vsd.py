@@ -28,6 +28,8 @@ multi-view cameras).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,6 +58,7 @@ class VSDConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["vsd"] = "vsd"
     guidance_scale: float = Field(7.5, ge=0.0)
     t_min: float = Field(0.02, ge=0.0, le=1.0)
     t_max: float = Field(0.98, gt=0.0, le=1.0)

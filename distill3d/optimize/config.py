@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distill3d.cameras import CameraDistribution
@@ -22,6 +24,9 @@ class DistillConfig(BaseModel):
     eps: float = 1e-15
     max_grad_norm: float | None = None
     views_per_step: int = 1
+    # "random": independent cameras; "orbit": groups of the prior's views_per_sample cameras 90 degrees apart in
+    # azimuth with one elevation / fov / distance (MVDream's sampling, for a multi-view prior)
+    camera_sampler: Literal["random", "orbit"] = "random"
     render_size: int | None = None  # None: prior.resolution
     n_samples: int = 64
     camera: CameraDistribution = Field(default_factory=CameraDistribution)
@@ -34,9 +39,14 @@ class DistillConfig(BaseModel):
         default_factory=lambda: {"albedo": 0.2, "lambertian": 0.4, "textureless": 0.4})
     light_spread_deg: float = 45.0
     ambient: float = DEFAULT_AMBIENT
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # white, as the toy prior's training images
+    # A solid colour, or "random": a solid colour per view (per group of an orbit) drawn each step, white with
+    # probability background_white_probability, else uniform RGB; the fields must then separate object from
+    # background by opacity, not by colour (a white object on white, DreamFusion's random backgrounds).
+    background: tuple[float, float, float] | Literal["random"] = (1.0, 1.0, 1.0)
+    background_white_probability: float = Field(0.5, ge=0.0, le=1.0)
     # Loss weights: the one place named terms are weighted (see losses.weighted_total).
     lambda_sds: float = 1.0
+    lambda_vsd: float = 1.0
     lambda_orient: float = 1e-2
     lambda_opacity: float = 1e-3
     opacity_loss: str = "sqrt"  # "sqrt" | "entropy"
@@ -64,6 +74,7 @@ class DistillConfig(BaseModel):
 
     def lambdas(self) -> dict[str, float]:
         """Weights keyed by loss name (``loss_sds`` ...)."""
-        out = {"loss_sds": self.lambda_sds, "loss_orient": self.lambda_orient, "loss_opacity": self.lambda_opacity}
+        out = {"loss_sds": self.lambda_sds, "loss_vsd": self.lambda_vsd, "loss_orient": self.lambda_orient,
+               "loss_opacity": self.lambda_opacity}
         out.update({f"loss_{k}": v for k, v in self.extra_lambdas.items()})
         return out

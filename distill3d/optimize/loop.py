@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill3d.cameras import sample_cameras
+from distill3d.cameras import Cameras, sample_cameras, sample_multiview_cameras
 from distill3d.guidance.prompts import ViewPrompts
 from distill3d.guidance.sds import Guidance, SDSConfig, SDSGuidance
 from distill3d.optimize.config import DistillConfig
@@ -48,6 +48,30 @@ def choose_shading(step: int, cfg: DistillConfig, generator: torch.Generator) ->
     names = [m for m in SHADING_MODES if cfg.shading_probs.get(m, 0.0) > 0]
     p = torch.tensor([cfg.shading_probs[m] for m in names], dtype=torch.float64)
     return names[int(torch.multinomial(p, 1, generator=generator))]
+
+
+def sample_views(cfg: DistillConfig, prior: Prior, generator: torch.Generator, device: torch.device) -> Cameras:
+    """The cameras of one scene's step: ``views_per_step`` random ones, or for ``camera_sampler="orbit"`` groups of
+    the prior's ``views_per_sample`` cameras as MVDream samples them (consecutive, group-major)."""
+    if cfg.camera_sampler == "orbit":
+        k = prior.views_per_sample
+        if cfg.views_per_step % k:
+            raise ValueError(f"camera_sampler 'orbit' needs views_per_step a multiple of the prior's {k} views")
+        return sample_multiview_cameras(cfg.views_per_step // k, k, cfg.camera, generator=generator, device=device)
+    return sample_cameras(cfg.views_per_step, cfg.camera, generator=generator, device=device)
+
+
+def backgrounds(cfg: DistillConfig, n: int, group: int, generator: torch.Generator,
+                device: torch.device) -> torch.Tensor:
+    """(n, 3) background colours of a step's n views: the fixed colour, or random solid colours, one per ``group``
+    consecutive views (white with probability ``background_white_probability``)."""
+    if cfg.background != "random":
+        return torch.tensor(cfg.background, dtype=torch.float32, device=device).expand(n, 3)
+    groups = n // group
+    colour = torch.rand(groups, 3, generator=generator)
+    white = torch.rand(groups, generator=generator) < cfg.background_white_probability
+    colour = torch.where(white[:, None], torch.ones_like(colour), colour)
+    return colour.repeat_interleave(group, dim=0).to(device)
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -108,7 +132,7 @@ def distill(
     torch.manual_seed(seed)
     lambdas = cfg.lambdas()
     n = len(scenes)
-    bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)
+    group = prior.views_per_sample if cfg.camera_sampler == "orbit" else 1
     history: dict = {"losses": {}, "loss_total": [], "t": [], "grad_norm": [], "shading": [],
                      "seconds": {"render": 0.0, "prior": 0.0, "backward": 0.0, "other": 0.0, "total": 0.0}}
 
@@ -148,14 +172,15 @@ def distill(
             t0 = time.perf_counter()
             for scene in scenes:
                 scene.step_begin(step, generator=gen)
-            views = [sample_cameras(cfg.views_per_step, cfg.camera, generator=gen, device=device) for _ in scenes]
+            views = [sample_views(cfg, prior, gen, device) for _ in scenes]
             mode = choose_shading(step, cfg, gen)
             lights = [None if mode == "albedo" else random_light_directions(c, cfg.light_spread_deg, generator=gen)
                       for c in views]
+            bgs = [backgrounds(cfg, len(c), group, gen, device) for c in views]
             t1 = time.perf_counter()
-            outs = [scene.render(c, size, shading=mode, light_dir=light, background=bg.expand(len(c), 3),
-                                 ambient=cfg.ambient, generator=gen)
-                    for scene, c, light in zip(scenes, views, lights)]
+            outs = [scene.render(c, size, shading=mode, light_dir=light, background=bg, ambient=cfg.ambient,
+                                 generator=gen)
+                    for scene, c, light, bg in zip(scenes, views, lights, bgs)]
             images = torch.cat([o["rgb"] for o in outs]).permute(0, 3, 1, 2)
             cams = views[0] if n == 1 else cat_cameras(views)
             t2 = time.perf_counter()

@@ -19,7 +19,7 @@ def check_prompt_for_prior(prompt: str, prior_dir: Path) -> None:
         kind = json.loads(info_file.read_text()).get("kind")
     except ValueError:
         return  # load_prior reports a broken prior.json with the fix
-    if kind == "toy":
+    if str(kind).startswith("toy"):  # the toy priors (single- and multi-view) read the toy world's words only
         from distill3d.toyworld.vocab import PromptError, parse_prompt
 
         try:
