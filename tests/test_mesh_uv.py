@@ -7,7 +7,7 @@ from distill3d.cameras import spherical_cameras, world_to_clip
 from distill3d.mesh.rasterize import interpolate, rasterize
 from distill3d.mesh.render import render_mesh
 from distill3d.mesh.types import TexturedMesh
-from distill3d.mesh.uv import bake_texture, unwrap, uv_clip
+from distill3d.mesh.uv import bake_texture, ensure_texture, unwrap, uv_clip
 
 
 def sphere(subdivisions: int = 3) -> TexturedMesh:
@@ -63,3 +63,24 @@ def test_no_background_bleeds_across_seams():
     baked.texture[~filled] = 0.0
     raw_out = render_mesh(baked, cams, 48, mode="albedo")["rgb"][inside]
     assert (raw_out - 0.3).abs().max() > 0.05
+
+
+def test_simplify_keeps_the_shape_with_fewer_faces() -> None:
+    """Unwrapping a marching-cubes mesh of ~50k faces takes xatlas ~20 s: ensure_texture first simplifies it; the
+    simplified sphere stays on the sphere and keeps its volume."""
+    import trimesh
+
+    from distill3d.mesh.extract import extract_isosurface, grid_points
+    from distill3d.mesh.simplify import simplify
+
+    pts = grid_points(96, 1.0)
+    mesh = extract_isosurface(0.6 - pts.norm(dim=-1), 0.0)  # a sphere of radius 0.6, inside = above
+    assert mesh.faces.shape[0] > 20000
+    small = simplify(mesh, 3000)
+    assert small.faces.shape[0] <= 3000 and simplify(small, 3000) is small
+    radius = small.vertices.norm(dim=-1)
+    assert (radius - 0.6).abs().max() < 0.02
+    full, reduced = (trimesh.Trimesh(m.vertices.numpy(), m.faces.numpy()) for m in (mesh, small))
+    assert abs(reduced.volume - full.volume) / full.volume < 0.02  # still closed and outward-facing
+    textured = ensure_texture(mesh, lambda p: torch.ones_like(p) * 0.5, size=64, max_faces=3000)
+    assert textured.faces.shape[0] <= 3000 and textured.has_uv_texture

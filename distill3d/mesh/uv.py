@@ -15,6 +15,7 @@ import xatlas
 from scipy import ndimage
 
 from distill3d.mesh.rasterize import interpolate, rasterize
+from distill3d.mesh.simplify import simplify
 from distill3d.mesh.types import TexturedMesh
 
 
@@ -96,9 +97,11 @@ def bake_texture(
 @torch.no_grad()
 def ensure_texture(
     mesh: TexturedMesh, colour_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, size: int = 512,
+    max_faces: int | None = None,
 ) -> TexturedMesh:
     """``mesh`` with uv + texture: as it is if it has them, else xatlas-unwrapped and baked from ``colour_fn``
-    (e.g. a field's albedo), or from its own vertex colours (nearest vertex), or plain white."""
+    (e.g. a field's albedo), or from its own vertex colours (nearest vertex), or plain white. ``max_faces``: first
+    simplify the mesh to at most that many faces (``mesh.simplify``: unwrapping time grows fast with faces)."""
     if mesh.has_uv_texture:
         return mesh
     if colour_fn is None and mesh.vertex_colors is not None:
@@ -109,4 +112,6 @@ def ensure_texture(
     elif colour_fn is None:
         def colour_fn(p: torch.Tensor) -> torch.Tensor:
             return torch.ones_like(p)
+    if max_faces is not None:
+        mesh = simplify(mesh, max_faces)
     return bake_texture(unwrap(mesh, resolution=size), colour_fn, size=size)
