@@ -6,7 +6,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
-SETUP_DEPS := pyproject.toml $(wildcard tools/gltf/package.json tools/gltf/package-lock.json)
+SETUP_DEPS := pyproject.toml $(wildcard tools/gltf/package.json tools/gltf/package-lock.json) \
+              $(wildcard tools/viewer/package.json tools/viewer/package-lock.json)
 
 # cmds in dvc.yaml say `python`: the venv comes first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -42,6 +43,8 @@ $(STAMP): $(SETUP_DEPS)
 	# pysdf's setup misreads Eigen 3.4's version and would download Eigen: point it at Debian's headers.
 	CPATH=/usr/include/eigen3 $(PY) -m pip install -q pysdf==0.1.9
 	if [ -d tools/gltf ]; then cd tools/gltf && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund); fi
+	# the reports' 3D viewer (@google/model-viewer; distill3d/report/html.py copies its bundle beside each page)
+	if [ -d tools/viewer ]; then cd tools/viewer && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund); fi
 	touch $(STAMP)
 
 run: $(STAMP)
