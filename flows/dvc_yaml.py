@@ -15,6 +15,7 @@ the stages whose code uses it. Adding a prompt to params.yaml: re-generate (or `
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from flows.plan import is_toy_prompt
 from stages.core.code import ROOT, code_files
 from stages.core.params import read_params_file
 from stages.core.protocol import StageError, all_inputs, get_stage
+from stages.shared.runs import RunSpec, points
 
 DVC_YAML = ROOT / "dvc.yaml"
 PARAMS = "params.yaml"
@@ -56,16 +58,17 @@ FIXED: tuple[Fixed, ...] = (
 class Instance:
     stage: str
     section: str
-    method: str
+    label: str  # the foreach item's name: <method>-<prompt>, or <run>-<point> for the comparison's runs
     prompt: str
     inputs: dict[str, str]  # port -> path
     out: str
     metrics: bool
+    sets: tuple[str, ...] = ()  # `--set key=value` overrides of this instance (a run's seed and swept params)
     methods: list[str] = field(default_factory=list)
 
     @property
     def identity(self) -> tuple:
-        return self.stage, self.section, self.prompt, tuple(sorted(self.inputs.items()))
+        return self.stage, self.section, self.prompt, tuple(sorted(self.inputs.items())), self.sets
 
 
 def _lookup(data: dict, dotted: str) -> Any:
@@ -75,32 +78,69 @@ def _lookup(data: dict, dotted: str) -> Any:
     return node
 
 
+@dataclass(frozen=True)
+class Chain:
+    """One method's chain to lay out: its prompt (a key of params.yaml's prompts), seed and overrides, where its
+    outputs go (data/<root>/<role>/<name>) and the label of its instances."""
+
+    method: Method
+    prompt_key: str
+    root: str
+    name: str
+    label: str
+    seed: int = 0
+    overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def sets_for(self, section: str, takes_seed: bool) -> tuple[str, ...]:
+        out = [f"{key}={json.dumps(value)}" for sec, items in self.overrides if sec == section for key, value in items]
+        if takes_seed and self.seed:
+            out.append(f"seed={self.seed}")
+        return tuple(sorted(out))
+
+
+def chains(all_methods: Iterable[Method], prompts: dict[str, str], params: dict) -> list[Chain]:
+    """Every method on every prompt, then the comparison's runs (stages/shared/runs.py)."""
+    registered = {m.name: m for m in all_methods}
+    out = [Chain(m, key, m.name, key, f"{m.name}-{key}") for m in registered.values() for key in prompts]
+    for run, raw in ((params.get("comparison") or {}).get("runs") or {}).items():
+        spec = RunSpec.model_validate(raw)
+        if spec.method not in registered or spec.prompt not in prompts:
+            raise StageError(f"comparison.runs.{run}: unknown method {spec.method!r} or prompt {spec.prompt!r}")
+        for point in points(spec):
+            overrides = tuple(sorted((sec, tuple(sorted(items.items()))) for sec, items in point.overrides.items()))
+            out.append(Chain(registered[spec.method], spec.prompt, f"runs/{run}", point.name, f"{run}-{point.name}",
+                             point.seed, overrides))
+    return out
+
+
 def instances(all_methods: Iterable[Method], prompts: dict[str, str], params: dict) -> list[Instance]:
-    """Every (method, prompt, step) as a DVC stage instance, the same computation made once."""
+    """Every chain's steps as DVC stage instances, the same computation (stage, params, prompt, inputs and
+    overrides) made once: a run's seed-0 point without overrides is the method's own chain."""
     found: dict[tuple, Instance] = {}
-    for method in all_methods:
+    for chain in chains(all_methods, prompts, params):
+        method = chain.method
         inputs = {i.name: _lookup(params, i.default) for i in method.inputs if i.default}
-        for key, prompt in prompts.items():
-            outs: dict[str, str] = {}
-            for step in method.steps:
-                if step.toy_only and not is_toy_prompt(prompt):
+        outs: dict[str, str] = {}
+        for step in method.steps:
+            if step.toy_only and not is_toy_prompt(prompts[chain.prompt_key]):
+                continue
+            module = get_stage(step.stage)
+            wired = {}
+            for port in all_inputs(module):
+                source = step.inputs.get(port)
+                path = outs.get(source) if source in outs else inputs.get(source)
+                if path is None:
+                    if port in module.INPUTS:
+                        raise StageError(f"{method.name}/{step.name}: no path for input {port} in dvc.yaml")
                     continue
-                module = get_stage(step.stage)
-                wired = {}
-                for port in all_inputs(module):
-                    source = step.inputs.get(port)
-                    path = outs.get(source) if source in outs else inputs.get(source)
-                    if path is None:
-                        if port in module.INPUTS:
-                            raise StageError(f"{method.name}/{step.name}: no path for input {port} in dvc.yaml")
-                        continue
-                    wired[port] = str(path)
-                suffix = ".json" if step.output == "metrics" else ""
-                inst = Instance(step.stage, step.section, method.name, key, wired,
-                                f"data/{method.name}/{step.role}/{key}{suffix}", step.output == "metrics")
-                inst = found.setdefault(inst.identity, inst)
-                inst.methods.append(method.name)
-                outs[step.name] = inst.out
+                wired[port] = str(path)
+            suffix = ".json" if step.output == "metrics" else ""
+            sets = chain.sets_for(step.section, "seed" in module.Params.model_fields)
+            inst = Instance(step.stage, step.section, chain.label, chain.prompt_key, wired,
+                            f"data/{chain.root}/{step.role}/{chain.name}{suffix}", step.output == "metrics", sets)
+            inst = found.setdefault(inst.identity, inst)
+            inst.methods.append(method.name)
+            outs[step.name] = inst.out
     return list(found.values())
 
 
@@ -109,17 +149,22 @@ def _takes_prompt(stage: str) -> bool:
 
 
 def _entry(stage: str, group: list[Instance]) -> dict[str, Any]:
-    per_method = len({i.prompt for i in group}) < len(group)
+    # STAGE@<prompt> when each prompt has one instance, else STAGE@<method>-<prompt> / STAGE@<run>-<point>
+    by_prompt = len({i.prompt for i in group}) == len(group) and not any(i.out.startswith("data/runs/") for i in group)
     ports = sorted(group[0].inputs)
     items = {}
     for inst in group:
-        name = f"{inst.method}-{inst.prompt}" if per_method else inst.prompt
+        name = inst.prompt if by_prompt else inst.label
         items[name] = {"prompt": inst.prompt, "out": inst.out, **{f"in_{p}": inst.inputs[p] for p in ports}}
+        if any(i.sets for i in group):
+            items[name]["sets"] = " ".join(f"--set {x}" for x in inst.sets)
     section = group[0].section
     cmd = [f"python -m stages {stage} --params {PARAMS}" + (f" --section {section}" if section != stage else "")]
     if _takes_prompt(stage):
         cmd.append("--prompt-name ${item.prompt}")
     cmd += [f"--in {p}=${{item.in_{p}}}" for p in ports]
+    if any(i.sets for i in group):
+        cmd.append("${item.sets}")
     cmd.append("--out ${item.out}")
     params: list[Any] = [section]
     if _takes_prompt(stage):
@@ -149,6 +194,17 @@ def _report(method: str) -> dict[str, Any]:
             "deps": code_files(get_stage("report")) + [f"data/{method}/asset", f"data/{method}/metrics"],
             "params": ["report"], "outs": [f"data/{method}/report"],
             "metrics": [{f"data/{method}/report_summary.json": {"cache": False}}]}
+
+
+def _comparison(registered: list[Method], params: dict) -> dict[str, Any]:
+    """The comparison stage: every method's assets and metrics and every run's, into data/comparison."""
+    runs = sorted(((params.get("comparison") or {}).get("runs") or {}))
+    base = f"python -m stages comparison --params {PARAMS} --in results=data"
+    deps = [f"data/{m.name}/{part}" for m in registered for part in ("asset", "metrics")]
+    deps += [f"data/runs/{r}/{part}" for r in runs for part in ("asset", "metrics")]
+    return {"cmd": [f"{base} --out data/comparison", f"{base} --out data/comparison_summary.json"],
+            "deps": code_files(get_stage("comparison")) + deps, "params": ["comparison"],
+            "outs": ["data/comparison"], "metrics": [{"data/comparison_summary.json": {"cache": False}}]}
 
 
 HEADER = """\
@@ -184,6 +240,7 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
             name = part[0].section if part[0].section != stage else stage  # a method's own params: its own entry
             stages[name if name not in stages else f"{name}_{i + 1}"] = _entry(stage, part)
     stages["report"] = {"foreach": [m.name for m in registered], "do": _report("${item}")}
+    stages["comparison"] = _comparison(registered, params)
     table = "\n".join(f"#   {m.name:<13} " + " -> ".join(f"{s.name} ({s.role})" for s in m.steps) for m in registered)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120, default_flow_style=False)
     return HEADER.format(table=table) + body

@@ -176,27 +176,29 @@ RANKED = (("iou_all_views", "high"), ("volume.iou", "high"), ("chamfer.chamfer",
 
 
 def method_ranks(ev: Evidence) -> dict[str, float]:
-    """Mean rank of each method over RANKED metrics (means over its assets; 1 = best)."""
-    ranks: dict[str, list[int]] = {m: [] for m in ev.methods}
+    """Mean rank of each method over RANKED metrics (means over its assets; 1 = best; ties share their mean rank)."""
+    ranks: dict[str, list[float]] = {m: [] for m in ev.methods}
     for path, better in RANKED:
         values = {m: mean_of(ms, path) for m, ms in ev.methods.items()}
-        values = {m: v for m, v in values.items() if v is not None}
-        key = (lambda m: -values[m]) if better == "high" else (lambda m: abs(values[m])) if better == "zero" \
-            else (lambda m: values[m])
-        for rank, m in enumerate(sorted(values, key=key), 1):
-            ranks[m].append(rank)
+        score = {m: (-v if better == "high" else abs(v) if better == "zero" else v)
+                 for m, v in values.items() if v is not None}
+        for m, s in score.items():
+            below = sum(1 for x in score.values() if x < s)
+            ties = sum(1 for x in score.values() if x == s)
+            ranks[m].append(below + (ties + 1) / 2)
     return {m: statistics.fmean(r) for m, r in ranks.items() if r}
 
 
 def mvdream_first(ev: Evidence) -> Claim:
-    """Overall, MVDream ranks first: its mean rank over RANKED metrics is the best (reproduced), second (mixed), or
-    worse (not reproduced)."""
+    """Overall, MVDream ranks first: its mean rank over RANKED metrics is the best alone (reproduced), tied for
+    first or second (mixed), or worse (not reproduced)."""
     ranks = method_ranks(ev)
     if "mvdream" not in ranks:
         return Claim("mvdream_first", "Overall MVDream ranks first", NO_DATA, "no MVDream assets", {"ranks": ranks})
     order = sorted(ranks, key=ranks.get)
-    place = order.index("mvdream") + 1
-    verdict = REPRODUCED if place == 1 else MIXED if place == 2 else NOT_REPRODUCED
+    place = 1 + sum(r < ranks["mvdream"] for r in ranks.values())  # ties share the better place
+    alone = sum(r == ranks["mvdream"] for r in ranks.values()) == 1
+    verdict = REPRODUCED if place == 1 and alone else MIXED if place <= 2 else NOT_REPRODUCED
     return Claim("mvdream_first", "Overall MVDream ranks first", verdict,
                  "mean rank over " + ", ".join(p for p, _ in RANKED) + ": "
                  + ", ".join(f"{m} {ranks[m]:.2f}" for m in order), {"ranks": ranks, "order": order})

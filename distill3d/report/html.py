@@ -288,6 +288,7 @@ def _view_3d(glb_rel: str | None, viewer_rel: str | None, label: str) -> str:
 def write_report(
     entries: Sequence[Mapping[str, Any] | Any], out_dir: str | Path, title: str = "distill3d comparison",
     figures: Sequence[tuple[str, str | Path]] = (), viewer: str | Path | bool | None = None,
+    sections: Sequence[tuple[str, list[str], list[list[str]]]] = (),
 ) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/report.md`` (images and meshes copied under ``out_dir/assets``,
     figures under ``out_dir/figures``, the 3D viewer under ``out_dir/viewer``) and return the HTML path.
@@ -296,7 +297,8 @@ def write_report(
     views.png and mesh.glb; missing files are reported as missing, never linked) and metrics (a ``metrics.suite``
     dict or None). Entries are grouped by prompt in order of first appearance. figures: extra (caption, PNG path)
     pairs shown at the end (e.g. ``sweep_figure``'s grid and plot). viewer: the model-viewer bundle (None: the one
-    ``make setup`` installs, see ``find_viewer_js``; False: no 3D views).
+    ``make setup`` installs, see ``find_viewer_js``; False: no 3D views). sections: (heading, table header, table
+    rows) shown first (e.g. the comparison's claims and per-method summary), as HTML and Markdown tables.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -314,6 +316,13 @@ def write_report(
 
     body = [f"<h1>{esc(title)}</h1>"]
     md = [f"# {title}", ""]
+    for s_index, (heading, head, rows) in enumerate(sections):
+        body.append(f'<section class="summary" id="summary-{s_index}"><h2>{esc(heading)}</h2>'
+                    f'<table class="metrics"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head)
+                    + "</tr></thead><tbody>")
+        body += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+        body.append("</tbody></table></section>")
+        md += [f"## {heading}", "", markdown_table(head, [[str(c) for c in row] for row in rows]), ""]
     for p_index, (prompt, idx) in enumerate(prompts.items()):
         body.append(f'<section class="prompt" id="prompt-{p_index}"><h2>{esc(prompt)}</h2><div class="assets">')
         md += [f"## {prompt}", ""]

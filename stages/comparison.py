@@ -1,0 +1,170 @@
+"""Stage `comparison`: the project's main result: every method on every default prompt side by side, the guidance
+sweeps (DreamFusion's Figure 9, SDS against VSD) and the Janus runs, and the seed's claims judged from their
+metrics (distill3d.report.claims), as an offline report.
+
+Input `results`: the pipeline's data folder (data/<method>/{asset,metrics}/<prompt>, data/runs/<run>/{asset,metrics}
+/<point>, and each chain's stage outputs with their manifests). Params: the report's title and the runs of
+params.yaml's `comparison.runs` (stages/shared/runs.py), read back through the same expansion the dvc.yaml
+generator used. A method with no result for a prompt is a row with the reason (its outputs missing), not a failure.
+
+Output: index.html (turntables and 3D views side by side per prompt, the per-method summary, the claims table, the
+sweep figures), report.md, claims.json, claims.md (the table README.md carries), summary.json, metrics.json (the
+summary flattened: what `dvc metrics show` and `dvc exp show` compare).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from stages.core.protocol import StageParams
+from stages.shared.runs import RunSpec, points
+
+NAME = "comparison"
+INPUTS = ("results",)
+ROLES_SKIPPED = ("runs", "comparison", "prior_checks")
+# The per-method summary: (column, metrics path); means over the method's default-prompt assets.
+SUMMARY = (("all-view IoU", "iou_all_views"), ("volumetric IoU", "volume.iou"), ("Chamfer", "chamfer.chamfer"),
+           ("colour error", "colour_error_lab"), ("normal error (deg)", "normals.error_deg"),
+           ("roughness (deg)", "normals.roughness_deg"), ("stripe energy / GT", "sharpness.stripe_energy_ratio"),
+           ("Janus rate", "janus.rate"), ("saturation excess", "saturation.excess"))
+
+
+class Params(StageParams):
+    title: str = "distill3d: five methods on the same prompts"
+    runs: dict[str, RunSpec] = Field(default_factory=dict)
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def chain_seconds(results: Path, root: str, name: str) -> float | None:
+    """Seconds of the stage outputs data/<root>/<role>/<name> (their manifests; stages a chain shares with
+    another method's, e.g. Magic3D's coarse NeRF, are counted where they live)."""
+    total, found = 0.0, False
+    for role in sorted((results / root).glob("*")):
+        manifest = _json(role / name / "manifest.json") if role.is_dir() else None
+        if manifest and isinstance(manifest.get("seconds"), (int, float)):
+            total, found = total + float(manifest["seconds"]), True
+    return round(total, 1) if found else None
+
+
+def gather(results: Path, runs: dict[str, RunSpec]) -> dict[str, Any]:
+    """{methods: {method: {prompt name: {metrics, asset, seconds}}}, runs: {run: [{point, value, seed, metrics,
+    asset}]}} from the data folder."""
+    methods: dict[str, dict[str, Any]] = {}
+    for method_dir in sorted(p for p in results.iterdir() if p.is_dir() and p.name not in ROLES_SKIPPED):
+        metrics_dir = method_dir / "metrics"
+        names = sorted({p.stem for p in metrics_dir.glob("*.json")} | {p.name for p in (method_dir / "asset").glob("*")
+                                                                         if p.is_dir()})
+        if not names:
+            continue
+        methods[method_dir.name] = {
+            n: {"metrics": _json(metrics_dir / f"{n}.json"), "asset": str(method_dir / "asset" / n),
+                "seconds": chain_seconds(results, method_dir.name, n)} for n in names}
+    found_runs = {}
+    for run, spec in runs.items():
+        found_runs[run] = [{"point": p.name, "value": p.value, "seed": p.seed, "evidence": spec.evidence,
+                            "method": spec.method,
+                            "metrics": _json(results / "runs" / run / "metrics" / f"{p.name}.json"),
+                            "asset": str(results / "runs" / run / "asset" / p.name)} for p in points(spec)]
+    return {"methods": methods, "runs": found_runs}
+
+
+def evidence(data: dict[str, Any]):
+    """The claims' Evidence (distill3d.report.claims) from ``gather``'s data."""
+    from distill3d.report.claims import Evidence
+
+    ev = Evidence()
+    for method, by_prompt in data["methods"].items():
+        ev.methods[method] = [r["metrics"] for r in by_prompt.values() if r["metrics"]]
+        ev.seconds[method] = [r["seconds"] for r in by_prompt.values() if r["seconds"] is not None]
+    janus_groups = {"janus_no_view_prompts": "dreamfusion_no_view_prompts", "janus_view_prompts": "dreamfusion",
+                    "janus_multiview": "mvdream"}
+    for rows in data["runs"].values():
+        for r in rows:
+            if not r["metrics"]:
+                continue
+            if r["evidence"] in ("sds", "vsd") and r["value"] is not None:
+                ev.sweeps.setdefault(r["evidence"], {}).setdefault(float(r["value"]), []).append(r["metrics"])
+            elif r["evidence"] in janus_groups:
+                ev.janus.setdefault(janus_groups[r["evidence"]], []).append(r["metrics"])
+    return ev
+
+
+def _mean(values: list) -> float | None:
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else None
+
+
+def summary(data: dict[str, Any], ev) -> dict[str, dict[str, float | None]]:
+    """{method: {metric path: mean over its default-prompt assets, "seconds": mean seconds per asset}}."""
+    from distill3d.report.claims import mean_of
+
+    out = {}
+    for method, metrics in ev.methods.items():
+        out[method] = {path: mean_of(metrics, path) for _, path in SUMMARY}
+        out[method]["seconds"] = _mean(ev.seconds.get(method, []))
+    return out
+
+
+def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    from distill3d.report.claims import claims_markdown, judge
+    from distill3d.report.html import write_report
+    from distill3d.report.sweep import sweep_figure
+    from distill3d.report.table import format_value, lookup
+
+    results = Path(inputs["results"])
+    data = gather(results, params.runs)
+    ev = evidence(data)
+    claims = judge(ev)
+    table = summary(data, ev)
+    entries, failures = [], []
+    prompts = sorted({n for by_prompt in data["methods"].values() for n in by_prompt})
+    for name in prompts:
+        for method, by_prompt in data["methods"].items():
+            r = by_prompt.get(name)
+            m = (r or {}).get("metrics")
+            if r is None or m is None or not (Path(r["asset"]) / "mesh.glb").is_file():
+                failures.append([name, method, "no asset or metrics: the chain did not finish (see dvc repro)"])
+                continue
+            entries.append({"method": method, "prompt": m.get("prompt", name), "seed": 0, "asset_dir": r["asset"],
+                            "metrics": m})
+    figures = []
+    for kind in ("sds", "vsd"):
+        pts = [{"guidance_scale": r["value"], "seed": r["seed"], "image": Path(r["asset"]) / "views.png",
+                "metrics": r["metrics"]} for rows in data["runs"].values() for r in rows
+               if r["evidence"] == kind and r["metrics"] and (Path(r["asset"]) / "views.png").is_file()]
+        if pts:
+            paths = sweep_figure(pts, out / f"sweep_{kind}", title=f"{kind.upper()} guidance sweep")
+            figures += [(f"{kind.upper()}: final renders, seeds in rows, guidance scales in columns", paths["grid"]),
+                        (f"{kind.upper()}: saturation and IoU against guidance scale", paths["plot"])]
+    sections = [
+        ("Claims of the seed, judged from the metrics", ["claim", "verdict", "the numbers"],
+         [[c.text, c.verdict, c.evidence] for c in claims]),
+        ("Per method: means over the default prompts", ["method"] + [c for c, _ in SUMMARY] + ["seconds / asset"],
+         [[m] + [format_value(v[p]) for _, p in SUMMARY] + [format_value(v["seconds"])] for m, v in table.items()]),
+    ]
+    if failures:
+        sections.append(("Missing results", ["prompt", "method", "reason"], failures))
+    write_report(entries, out, title=params.title, figures=figures, sections=sections)
+    (out / "claims.json").write_text(json.dumps([c.to_dict() for c in claims], indent=2, default=str))
+    (out / "claims.md").write_text(claims_markdown(claims))
+    (out / "summary.json").write_text(json.dumps({"methods": table, "runs": {
+        run: [{k: r[k] for k in ("point", "value", "seed", "evidence")} | {
+            "iou_all_views": lookup(r["metrics"], "iou_all_views"),
+            "saturation_excess": lookup(r["metrics"], "saturation.excess"),
+            "janus_rate": lookup(r["metrics"], "janus.rate")} for r in rows] for run, rows in data["runs"].items()}},
+        indent=2, default=str))
+    flat = {f"{m}.{path}": v for m, row in table.items() for path, v in row.items() if v is not None}
+    flat.update({f"claim.{c.key}": c.verdict for c in claims})
+    (out / "metrics.json").write_text(json.dumps(flat, indent=2, sort_keys=True))
+    return {"claims": {c.key: c.verdict for c in claims}, "methods": sorted(table), "missing": len(failures)}
