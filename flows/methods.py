@@ -151,6 +151,25 @@ MVDREAM = Method(
     guidance_param=("mv_nerf.guidance.guidance_scale",),
 )
 
+VSD_NERF = Method(
+    name="vsd",
+    title="VSD NeRF (ProlificDreamer's first stage, meshed as DreamFusion's)",
+    summary="ProlificDreamer's NeRF stage (Variational Score Distillation, particles) followed by DreamFusion's "
+            "meshing and baking: SDS against VSD on the same representation (the guidance sweeps use it)",
+    inputs=(PRIOR,),
+    steps=(
+        PROLIFICDREAMER.step("vsd_nerf"),
+        Step("extract_mesh", {"nerf": "vsd_nerf"}, "mesh",
+             "marching cubes on particle 0's density at an automatic level, largest component"),
+        Step("bake_texture", {"mesh": "extract_mesh", "nerf": "vsd_nerf"}, "textured",
+             "UV-unwrap the mesh and bake the NeRF's albedo into its texture"),
+        _export("bake_texture"),
+        _evaluate(),
+    ),
+    steps_param=("vsd_nerf.optimize.steps",),
+    guidance_param=("vsd_nerf.guidance.guidance_scale",),
+)
+
 _METHODS: dict[str, Method] = {}
 
 
@@ -178,5 +197,5 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-for _method in (DREAMFUSION, TEXTMESH, MAGIC3D, PROLIFICDREAMER, MVDREAM):
+for _method in (DREAMFUSION, TEXTMESH, MAGIC3D, PROLIFICDREAMER, MVDREAM, VSD_NERF):
     register_method(_method)

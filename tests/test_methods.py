@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from flows.methods import methods
+from distill3d.report.table import lookup
+from stages.core.params import load_params
 from stages.core.protocol import all_inputs, get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,10 +28,9 @@ def test_definition_wires_real_stage_inputs_and_shortcuts(name) -> None:
         assert set(module.INPUTS) <= set(step.inputs), f"{name}/{step.name} leaves a required input unwired"
     for dotted in spec.steps_param + spec.guidance_param:  # every shortcut is a real param of its stage
         section, _, key = dotted.partition(".")
-        model = get_stage(next(s.stage for s in spec.steps if s.section == section)).Params
-        for part in key.split("."):
-            field = model.model_fields[part]
-            model = field.annotation
+        module = get_stage(next(s.stage for s in spec.steps if s.section == section))
+        params = load_params(module, REPO / "params.yaml", section, {key: 3})  # unknown keys are errors
+        assert lookup(params.model_dump(), key) == 3, dotted
     assert spec.steps_param and spec.guidance_param
 
 
