@@ -1,0 +1,567 @@
+"""Fused CPU kernels for the multi-resolution hash-grid encoding (``encoding.HashGridEncoding``), in C++.
+
+Why native code here, and only here: on CPU the hash grid is most of a score-distillation step, and in torch every
+step of it (corner indices, 8 corners x levels x features gathers, lerps, their derivatives and the backward's
+scatter-add) is a memory-bound pass over a (F, L, 8, N) temporary. No installed library provides a CPU hash grid
+(tiny-cuda-nn's and nerfacc's grids are CUDA only), so this module fuses it: per point and level, the 8 corner
+indices, the gathers, the trilinear interpolation and (optionally) the 3 spatial derivatives stay in registers; the
+backward recomputes the indices and scatter-adds into the table.
+
+How it is built: the C++ source is the string ``_SOURCE`` below (so the project's code versions, which hash the
+imported .py files, cover it), compiled at first use with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja,
+``-O3 -fopenmp``) into ``$TORCH_EXTENSIONS_DIR/<name>`` (default: torch's per-user cache folder,
+``~/.cache/torch_extensions``), where ``<name>`` holds a hash of the source, the flags, torch's version and
+install path: a changed kernel or another venv builds its own folder, never over another's. The source includes no
+torch header (plain C++ behind an ``extern "C"`` interface called through ctypes; tensors are checked and allocated
+on the Python side), so the first build compiles in ~2.5 s of CPU (~5 s with the import of cpp_extension and
+ninja) where the same code behind ``torch/extension.h`` took ~100 s and behind ATen headers ~20 s here. Concurrent processes: torch's own lock (a lock file
+that a killed build would leave behind for ever) is wrapped in an ``fcntl.flock`` on ``<name>.flock`` (released by
+the OS when its holder dies), under which a stale torch lock is removed; a ``<name>.ok`` stamp written after a
+successful build lets later processes load the library directly (no cpp_extension import, no ninja run).
+
+If the build fails (no compiler, no ninja, unwritable cache folder), :func:`available` returns False after one
+logged warning line and the encoding keeps its torch code. ``DISTILL3D_NATIVE=0`` forces the torch code (read at
+every call, for debugging and the tests).
+
+Threads: the kernels use OpenMP, the same libgomp as torch (it is loaded by torch before this library, which binds
+to it by its soname), with torch's intra-op thread count (``torch.get_num_threads()`` is called on the calling
+thread before each kernel, which sets the OpenMP count there like ``at::parallel_for`` does). The forward splits the
+points among threads; the backward splits the levels (each level owns its own slice of the table, so no two threads
+write the same entry, nothing is allocated, and the sums are taken in the same order whatever the thread count:
+the table gradient is deterministic, bit for bit). The alternative (per-thread gradient tables over point chunks,
+then a reduction), ``mode=1``, is kept for the benchmark.
+
+Gradients: only w.r.t. the table. The sample positions never carry gradients in this project (cameras and ray
+samples are data, not parameters), so no gradient w.r.t. x is computed; the encoding takes its torch code when x
+requires grad. The backward is once-differentiable (the fields never need a double backward through the encoding:
+normals come from ``forward_with_grad``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+// distill3d hash-grid encoding, fused CPU kernels (see distill3d/fields/hashgrid_cpu.py). No torch headers:
+// plain arrays in, plain arrays out; the Python side checks shapes, dtypes and contiguity.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+struct Grid {
+  int64_t n;            // points
+  int64_t m;            // table entries (columns of the (F, M) table)
+  int64_t s_f, s_m;     // table strides (elements) along F and M
+  int f;                // features per level
+  int l;                // levels
+  int n_dense;          // levels [0, n_dense) are indexed directly, the others hashed
+  uint32_t hash_mask;   // T - 1
+  const int64_t* offsets;  // (L,) first table entry of each level
+  const int64_t* strides;  // (L, 3) direct-indexing strides 1, r + 1, (r + 1)^2
+};
+
+// a + w (b - a), branch free (torch.lerp switches formulas at w = 0.5: a data-dependent branch here, mispredicted
+// half the time; the results differ by rounding only).
+template <typename T>
+inline T lerp(T a, T b, T w) {
+  return a + w * (b - a);
+}
+
+// Cell of a point at one level: corner table indices (order x-major: c = 4 a + 2 b + c for corner (a, b, c)) and
+// the fractional position in the cell; the torch code's arithmetic (pos = x * r, i0 = clamp(floor(pos), 0, r - 1),
+// frac = pos - i0), where floor is a truncation of the clamped pos >= 0 (no SSE4.1 round instruction at the
+// baseline ISA: std::floor would be a call). A NaN coordinate gives cell 0 and NaN weights, never an index outside
+// the level.
+template <typename T>
+inline void cell(const Grid& g, int lvl, T r, int64_t r_max, const T* x, int64_t idx[8], T w[3]) {
+  int64_t i[3];
+  const T r_max_t = static_cast<T>(r_max);
+  for (int k = 0; k < 3; ++k) {
+    const T pos = x[k] * r;
+    T pc = pos > T(0) ? pos : T(0);  // NaN -> 0
+    pc = pc < r_max_t ? pc : r_max_t;  // clamped before the conversion: any x gives an index inside the level
+    const int64_t ik = static_cast<int64_t>(pc);
+    i[k] = ik;
+    w[k] = pos - static_cast<T>(ik);
+  }
+  const int64_t off = g.offsets[lvl];
+  if (lvl < g.n_dense) {
+    const int64_t* s = g.strides + 3 * lvl;
+    const int64_t ax[2] = {i[0] * s[0], (i[0] + 1) * s[0]};
+    const int64_t ay[2] = {i[1] * s[1], (i[1] + 1) * s[1]};
+    const int64_t az[2] = {i[2] * s[2], (i[2] + 1) * s[2]};
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b)
+        for (int c = 0; c < 2; ++c) idx[4 * a + 2 * b + c] = off + ax[a] + ay[b] + az[c];
+  } else {
+    // Instant-NGP eq. 4: the low 32 bits of the int64 products are the uint32 products; T <= 2^32.
+    const uint32_t ax[2] = {uint32_t(i[0]), uint32_t(i[0] + 1)};
+    const uint32_t ay[2] = {uint32_t(i[1]) * 2654435761u, uint32_t(i[1] + 1) * 2654435761u};
+    const uint32_t az[2] = {uint32_t(i[2]) * 805459861u, uint32_t(i[2] + 1) * 805459861u};
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b)
+        for (int c = 0; c < 2; ++c)
+          idx[4 * a + 2 * b + c] = off + int64_t((ax[a] ^ ay[b] ^ az[c]) & g.hash_mask);
+  }
+}
+
+// out (N, L*F) level-major; dout (N, 3, L*F) or null: derivatives w.r.t. x (in [0, 1] units).
+template <typename T, int FC>
+void forward_impl(const Grid& g, const T* x, const T* table, const T* res, T* out, T* dout) {
+  const int F = FC > 0 ? FC : g.f;
+  const int64_t D = int64_t(g.l) * F;
+  // Point chunks, level-outer inside a chunk (one level's table slice stays in cache while the chunk's points
+  // gather from it): a multiple of the thread count, of at most ~4096 points (larger chunks measured no faster).
+  const int64_t nt = omp_get_max_threads();
+  const int64_t per_thread = std::max<int64_t>(1, (g.n + nt * 4096 - 1) / (nt * 4096));
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(nt * per_thread, (g.n + 63) / 64));
+  const int64_t chunk = (g.n + n_chunks - 1) / n_chunks;
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    const int64_t n0 = std::min(g.n, ch * chunk), n1 = std::min(g.n, n0 + chunk);
+    for (int lvl = 0; lvl < g.l; ++lvl) {  // level-outer inside a chunk: one table slice stays hot
+      const T r = res[lvl];
+      const int64_t r_max = static_cast<int64_t>(r) - 1;
+      for (int64_t n = n0; n < n1; ++n) {
+        int64_t idx[8];
+        T w[3];
+        cell<T>(g, lvl, r, r_max, x + 3 * n, idx, w);
+        for (int f = 0; f < F; ++f) {
+          const T* tf = table + f * g.s_f;
+          T v[8];
+          for (int c = 0; c < 8; ++c) v[c] = tf[idx[c] * g.s_m];
+          // lerp along x (corners (0, b, c) -> (1, b, c)), then y, then z, as the torch code does
+          T cx[4];
+          for (int bc = 0; bc < 4; ++bc) cx[bc] = lerp(v[bc], v[4 + bc], w[0]);
+          const T cxy0 = lerp(cx[0], cx[2], w[1]), cxy1 = lerp(cx[1], cx[3], w[1]);
+          out[n * D + lvl * F + f] = lerp(cxy0, cxy1, w[2]);
+          if (dout) {
+            T dx[4];
+            for (int bc = 0; bc < 4; ++bc) dx[bc] = v[4 + bc] - v[bc];
+            const T dx0 = lerp(dx[0], dx[2], w[1]), dx1 = lerp(dx[1], dx[3], w[1]);
+            const T ddx = lerp(dx0, dx1, w[2]);
+            const T ddy = lerp(cx[2] - cx[0], cx[3] - cx[1], w[2]);
+            const T ddz = cxy1 - cxy0;
+            T* d = dout + n * 3 * D + lvl * F + f;
+            d[0] = ddx * r;
+            d[D] = ddy * r;
+            d[2 * D] = ddz * r;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Adds the gradient of points [n0, n1) at level lvl into gt (strided like the table).
+template <typename T, int FC>
+inline void backward_level(const Grid& g, int lvl, int64_t n0, int64_t n1, const T* x, const T* res,
+                           const T* gf, const T* gd, T* gt) {
+  const int F = FC > 0 ? FC : g.f;
+  const int64_t D = int64_t(g.l) * F;
+  const T r = res[lvl];
+  const int64_t r_max = static_cast<int64_t>(r) - 1;
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t idx[8];
+    T w[3];
+    cell<T>(g, lvl, r, r_max, x + 3 * n, idx, w);
+    const T wx[2] = {T(1) - w[0], w[0]};
+    const T wy[2] = {T(1) - w[1], w[1]}, wz[2] = {T(1) - w[2], w[2]};
+    T p[4];  // wy wz of the corner pairs (b, c)
+    for (int b = 0; b < 2; ++b)
+      for (int c = 0; c < 2; ++c) p[2 * b + c] = wy[b] * wz[c];
+    for (int f = 0; f < F; ++f) {
+      const T gv = gf ? gf[n * D + lvl * F + f] : T(0);
+      // d value / d corner (a, b, c) = wx[a] wy[b] wz[c]; d (d value / dx_k) / d corner = the same with the k-th
+      // factor replaced by -+1 (times r): coef = wx[a] (p[bc] gv + q[bc]) + (2a - 1) p[bc] gx.
+      T q[4] = {0, 0, 0, 0}, gx = 0;
+      if (gd) {
+        const T* d = gd + n * 3 * D + lvl * F + f;
+        gx = d[0] * r;
+        const T gy = d[D] * r, gz = d[2 * D] * r;
+        for (int b = 0; b < 2; ++b)
+          for (int c = 0; c < 2; ++c) q[2 * b + c] = (b ? gy : -gy) * wz[c] + wy[b] * (c ? gz : -gz);
+      }
+      T* tf = gt + f * g.s_f;
+      for (int bc = 0; bc < 4; ++bc) {
+        const T u = p[bc] * gv + q[bc], v = p[bc] * gx;
+        tf[idx[bc] * g.s_m] += wx[0] * u - v;
+        tf[idx[4 + bc] * g.s_m] += wx[1] * u + v;
+      }
+    }
+  }
+}
+
+// gt (zeroed, strided like the table) += d loss / d table. mode 0: levels split among threads (deterministic);
+// mode 1: point chunks with per-thread gradient tables, then a reduction.
+template <typename T, int FC>
+void backward_impl(const Grid& g, const T* x, const T* res, const T* gf, const T* gd, T* gt, int mode) {
+  if (mode == 0) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int lvl = 0; lvl < g.l; ++lvl) backward_level<T, FC>(g, lvl, 0, g.n, x, res, gf, gd, gt);
+    return;
+  }
+  const int F = FC > 0 ? FC : g.f;
+  const int nt = omp_get_max_threads();
+  const int64_t min_points = 2048;
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(nt, g.n / min_points));
+  if (n_chunks == 1) {
+    for (int lvl = 0; lvl < g.l; ++lvl) backward_level<T, FC>(g, lvl, 0, g.n, x, res, gf, gd, gt);
+    return;
+  }
+  // chunk 0 writes into gt itself, chunks 1.. into private (F, M) tables (dense layout: s_f = M, s_m = 1)
+  const int64_t fm = int64_t(F) * g.m;
+  std::vector<T> bufs(size_t((n_chunks - 1) * fm), T(0));
+  Grid gb = g;
+  gb.s_f = g.m;
+  gb.s_m = 1;
+#pragma omp parallel for schedule(static, 1)
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    const int64_t n0 = g.n * ch / n_chunks, n1 = g.n * (ch + 1) / n_chunks;
+    for (int lvl = 0; lvl < g.l; ++lvl) {
+      if (ch == 0) backward_level<T, FC>(g, lvl, n0, n1, x, res, gf, gd, gt);
+      else backward_level<T, FC>(gb, lvl, n0, n1, x, res, gf, gd, bufs.data() + (ch - 1) * fm);
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < g.m; ++j)
+    for (int f = 0; f < F; ++f) {
+      T s = gt[f * g.s_f + j * g.s_m];
+      for (int64_t ch = 1; ch < n_chunks; ++ch) s += bufs[(ch - 1) * fm + int64_t(f) * g.m + j];
+      gt[f * g.s_f + j * g.s_m] = s;
+    }
+}
+
+// F = 2 (every field config here) gets a float32 kernel with the feature loop unrolled; the rest (F != 2, float64:
+// the tests) one generic kernel each (fewer instantiations: the -O3 build is most of the first-use cost).
+template <typename T>
+void forward_dispatch(const Grid& g, const T* x, const T* table, const T* res, T* out, T* dout) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (g.f == 2) return forward_impl<T, 2>(g, x, table, res, out, dout);
+  }
+  forward_impl<T, 0>(g, x, table, res, out, dout);
+}
+
+template <typename T>
+void backward_dispatch(const Grid& g, const T* x, const T* res, const T* gf, const T* gd, T* gt, int mode) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (g.f == 2) return backward_impl<T, 2>(g, x, res, gf, gd, gt, mode);
+  }
+  backward_impl<T, 0>(g, x, res, gf, gd, gt, mode);
+}
+
+Grid make_grid(int64_t n, int64_t m, int64_t s_f, int64_t s_m, int f, int l, int n_dense, uint32_t hash_mask,
+               const int64_t* offsets, const int64_t* strides) {
+  Grid g;
+  g.n = n; g.m = m; g.s_f = s_f; g.s_m = s_m; g.f = f; g.l = l; g.n_dense = n_dense; g.hash_mask = hash_mask;
+  g.offsets = offsets; g.strides = strides;
+  return g;
+}
+
+}  // namespace
+
+extern "C" {
+
+int d3hg_version() { return 1; }
+int d3hg_max_threads() { return omp_get_max_threads(); }  // the OpenMP thread count a kernel would use here
+
+// 0 on success, -1 on a C++ exception (none is expected: mode 1's buffers are the only allocation).
+#define D3HG_DEFINE(SUFFIX, T)                                                                                 \
+  int d3hg_forward_##SUFFIX(int64_t n, const T* x, const T* table, int64_t m, int64_t s_f, int64_t s_m,       \
+                            int f, int l, int n_dense, uint32_t hash_mask, const T* res,                      \
+                            const int64_t* offsets, const int64_t* strides, T* out, T* dout) {                \
+    try {                                                                                                    \
+      Grid g = make_grid(n, m, s_f, s_m, f, l, n_dense, hash_mask, offsets, strides);                        \
+      forward_dispatch<T>(g, x, table, res, out, dout);                                                      \
+      return 0;                                                                                              \
+    } catch (...) {                                                                                          \
+      return -1;                                                                                             \
+    }                                                                                                        \
+  }                                                                                                          \
+  int d3hg_backward_##SUFFIX(int64_t n, const T* x, T* grad_table, int64_t m, int64_t s_f, int64_t s_m,       \
+                             int f, int l, int n_dense, uint32_t hash_mask, const T* res,                     \
+                             const int64_t* offsets, const int64_t* strides, const T* grad_out,              \
+                             const T* grad_dout, int mode) {                                                 \
+    try {                                                                                                    \
+      Grid g = make_grid(n, m, s_f, s_m, f, l, n_dense, hash_mask, offsets, strides);                        \
+      backward_dispatch<T>(g, x, res, grad_out, grad_dout, grad_table, mode);                                \
+      return 0;                                                                                              \
+    } catch (...) {                                                                                          \
+      return -1;                                                                                             \
+    }                                                                                                        \
+  }
+
+D3HG_DEFINE(f32, float)
+D3HG_DEFINE(f64, double)
+
+}  // extern "C"
+"""
+
+_CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
+_LDFLAGS = ["-fopenmp"]
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def enabled() -> bool:
+    """False when ``DISTILL3D_NATIVE=0`` (or ``false``/``no``/``off``) forces the torch code."""
+    return os.environ.get("DISTILL3D_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _name() -> str:
+    key = "\0".join([_SOURCE, " ".join(_CFLAGS), " ".join(_LDFLAGS), torch.__version__,
+                     str(Path(torch.__file__).resolve().parent), sys.platform])
+    return "distill3d_hashgrid_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _build_root() -> Path:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return Path(root)
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(get_default_build_root())
+
+
+def _default_build_root_cheap() -> Path | None:
+    """torch's default root without importing torch.utils.cpp_extension (~0.3 s: it imports setuptools)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return Path(root)
+    try:
+        return Path(os.path.realpath(torch._appdirs.user_cache_dir(appname="torch_extensions")))
+    except Exception:  # noqa: BLE001 - private helper moved: take the slow path
+        return None
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.d3hg_version() != 1:
+        raise RuntimeError(f"{path}: unexpected kernel version")
+    i64, i32, u32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
+    for s in ("f32", "f64"):
+        fwd = getattr(lib, f"d3hg_forward_{s}")
+        fwd.argtypes = [i64, p, p, i64, i64, i64, i32, i32, i32, u32, p, p, p, p, p]
+        fwd.restype = i32
+        bwd = getattr(lib, f"d3hg_backward_{s}")
+        bwd.argtypes = [i64, p, p, i64, i64, i64, i32, i32, i32, u32, p, p, p, p, p, i32]
+        bwd.restype = i32
+    return lib
+
+
+def _build() -> ctypes.CDLL:
+    name = _name()
+    cheap_root = _default_build_root_cheap()
+    if cheap_root is not None:
+        so, ok = cheap_root / name / f"{name}.so", cheap_root / name / f"{name}.ok"
+        if ok.exists() and so.exists():  # built (and loaded) before by some process: no ninja, no setuptools
+            return _bind(so)
+    import fcntl
+    import shutil
+    import sysconfig
+
+    cxx = os.environ.get("CXX", "c++")  # what torch compiles with
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
+    from torch.utils import cpp_extension
+
+    build_dir = _build_root() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    so, ok = build_dir / f"{name}.so", build_dir / f"{name}.ok"
+    old_path = os.environ.get("PATH", "")
+    with open(build_dir.parent / f"{name}.flock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # the OS releases it if this process dies mid-build
+        try:
+            stale = build_dir / "lock"  # torch's lock file: only a killed build leaves one while we hold the flock
+            if stale.exists():
+                log.warning("removing a stale torch extension lock %s", stale)
+                stale.unlink()
+            # ninja from the `ninja` wheel lies beside this interpreter, which need not be on PATH (.venv/bin/python)
+            if shutil.which("ninja") is None:
+                os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), old_path])
+            torch_log = logging.getLogger("torch.utils.cpp_extension")
+            level = torch_log.level
+            torch_log.setLevel(logging.ERROR)  # its compiler-version warnings: our one line says what matters
+            try:
+                path = cpp_extension.load_inline(  # copies of the flags: torch appends to the lists
+                    name, cpp_sources=[_SOURCE], extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),
+                    build_directory=str(build_dir), is_python_module=False, no_implicit_headers=True, verbose=False)
+            finally:
+                torch_log.setLevel(level)
+            lib = _bind(Path(path))
+            tmp = ok.with_suffix(f".ok.{os.getpid()}")
+            tmp.write_text(name + "\n")
+            os.replace(tmp, ok)
+            return lib
+        finally:
+            os.environ["PATH"] = old_path
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (built on first call), or None when they cannot be built (one warning logged)."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _build()
+        except Exception as e:  # noqa: BLE001 - any build failure means: use the torch code
+            msg = " ".join(str(e).split())  # a build error ends with the reason (compiler output)
+            log.warning("distill3d: native hash-grid kernels unavailable, using the torch code (%s: %s)",
+                        type(e).__name__, msg if len(msg) <= 400 else msg[:150] + " ... " + msg[-250:])
+            _lib = None
+    return _lib
+
+
+def kernel_threads() -> int:
+    """The number of threads the kernels use when called from this thread (torch's intra-op count)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("native hash-grid kernels are unavailable")
+    torch.get_num_threads()
+    return int(lib.d3hg_max_threads())
+
+
+def available() -> bool:
+    """True when the native kernels are enabled (``DISTILL3D_NATIVE``) and built."""
+    return enabled() and library() is not None
+
+
+class GridMeta:
+    """The indexing inputs of the kernels for one encoding: resolutions (L,) (table dtype), offsets (L,) and direct
+    strides (L, 3) (int64), the number of leading directly indexed levels, the hash mask T - 1."""
+
+    def __init__(self, res: torch.Tensor, offsets: torch.Tensor, strides: torch.Tensor, n_dense: int, hash_mask: int):
+        if not 0 <= hash_mask < 2**32 or hash_mask & (hash_mask + 1):
+            raise ValueError("the hash table size must be a power of two <= 2^32")
+        self.res = res.contiguous()
+        self.offsets = offsets.to(torch.int64).contiguous()
+        self.strides = strides.to(torch.int64).contiguous()
+        self.n_levels = int(res.shape[0])
+        self.n_dense = int(n_dense)
+        self.hash_mask = int(hash_mask)
+        # table columns the levels address (the kernels index without bounds checks: checked once per call here)
+        ends = []
+        for lvl in range(self.n_levels):
+            r = int(self.res[lvl])
+            if r < 1 or float(self.res[lvl]) != r:
+                raise ValueError("level resolutions must be positive integers")
+            if lvl < self.n_dense:
+                s = self.strides[lvl].tolist()
+                if s != [1, r + 1, (r + 1) ** 2]:
+                    raise ValueError(f"level {lvl}: direct strides must be (1, r + 1, (r + 1)^2), got {s}")
+                ends.append(int(self.offsets[lvl]) + (r + 1) ** 3)
+            else:
+                ends.append(int(self.offsets[lvl]) + hash_mask + 1)
+        if self.n_levels and min(self.offsets.tolist()) < 0:
+            raise ValueError("negative level offset")
+        self.table_entries = max(ends, default=0)
+
+
+def _check(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta) -> None:
+    if x01.device.type != "cpu" or table.device.type != "cpu":
+        raise ValueError("native hash grid: CPU tensors only")
+    if x01.dtype != table.dtype or table.dtype not in (torch.float32, torch.float64) or meta.res.dtype != table.dtype:
+        raise ValueError(f"native hash grid: float32/float64 of one dtype, got {x01.dtype}, {table.dtype}, {meta.res.dtype}")
+    if x01.dim() != 2 or x01.shape[1] != 3 or not x01.is_contiguous():
+        raise ValueError("native hash grid: x01 must be a contiguous (N, 3) tensor")
+    if table.dim() != 2 or table.shape[1] < meta.table_entries:
+        raise ValueError(f"native hash grid: table must be (F, M >= {meta.table_entries}), got {tuple(table.shape)}")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta, with_grad: bool
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x01 (N, 3) in [0, 1] (clamped), table (F, M) -> features (N, L*F) level-major and, with ``with_grad``, their
+    derivatives w.r.t. x01 (N, 3, L*F). No autograd (see :class:`HashGridFunction`). The table may be strided."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("native hash-grid kernels are unavailable")
+    _check(x01, table, meta)
+    n, (f, m) = x01.shape[0], table.shape
+    d = meta.n_levels * f
+    out = torch.empty(n, d, dtype=table.dtype)
+    dout = torch.empty(n, 3, d, dtype=table.dtype) if with_grad else None
+    if n == 0:
+        return out, dout
+    torch.get_num_threads()  # sets this thread's OpenMP thread count to torch's (as at::parallel_for does)
+    fn = lib.d3hg_forward_f32 if table.dtype == torch.float32 else lib.d3hg_forward_f64
+    if fn(n, _ptr(x01), _ptr(table), m, table.stride(0), table.stride(1), f, meta.n_levels, meta.n_dense,
+          meta.hash_mask, _ptr(meta.res), _ptr(meta.offsets), _ptr(meta.strides), _ptr(out), _ptr(dout)):
+        raise RuntimeError("native hash-grid forward failed")
+    return out, dout
+
+
+def backward(x01: torch.Tensor, table_shape: tuple[int, int], dtype: torch.dtype, meta: GridMeta,
+             grad_out: torch.Tensor | None, grad_dout: torch.Tensor | None, mode: int = 0) -> torch.Tensor:
+    """Gradient of the table (F, M) given d loss / d features (N, L*F) and / or d loss / d derivatives
+    (N, 3, L*F): scatter-add of the trilinear weights (and of their spatial derivatives). ``mode`` 0 splits the
+    levels among threads (deterministic), 1 gives each thread a private table over a point chunk (then sums)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("native hash-grid kernels are unavailable")
+    f, m = table_shape
+    n, d = x01.shape[0], meta.n_levels * f
+    _check(x01, torch.empty(0, m, dtype=dtype), meta)
+    grad_table = torch.zeros(f, m, dtype=dtype)
+    if n == 0:
+        return grad_table
+    if grad_out is not None:
+        grad_out = grad_out.to(dtype).contiguous()
+    if grad_out is not None and grad_out.shape != (n, d):
+        raise ValueError(f"grad of features: expected {(n, d)}, got {tuple(grad_out.shape)}")
+    if grad_dout is not None:
+        grad_dout = grad_dout.to(dtype).contiguous()
+        if grad_dout.shape != (n, 3, d):
+            raise ValueError(f"grad of derivatives: expected {(n, 3, d)}, got {tuple(grad_dout.shape)}")
+    torch.get_num_threads()
+    fn = lib.d3hg_backward_f32 if dtype == torch.float32 else lib.d3hg_backward_f64
+    if fn(n, _ptr(x01), _ptr(grad_table), m, grad_table.stride(0), grad_table.stride(1), f, meta.n_levels,
+          meta.n_dense, meta.hash_mask, _ptr(meta.res), _ptr(meta.offsets), _ptr(meta.strides), _ptr(grad_out),
+          _ptr(grad_dout), int(mode)):
+        raise RuntimeError("native hash-grid backward failed")
+    return grad_table
+
+
+class HashGridFunction(torch.autograd.Function):
+    """Differentiable (w.r.t. the table only, first order) fused encoding: ``apply(table, x01, meta, with_grad)``
+    -> features (N, L*F), or (features, derivatives (N, 3, L*F)) with ``with_grad``. x01 gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, x01: torch.Tensor, meta: GridMeta, with_grad: bool):
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError("the native hash grid gives no gradient w.r.t. the points: x01 must not require grad "
+                               "(HashGridEncoding takes its torch code when x requires grad)")
+        out, dout = forward(x01, table, meta, with_grad)
+        ctx.save_for_backward(x01)
+        ctx.meta, ctx.with_grad, ctx.table_shape = meta, with_grad, tuple(table.shape)
+        ctx.set_materialize_grads(False)
+        return (out, dout) if with_grad else out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_dout=None):
+        (x01,) = ctx.saved_tensors
+        if grad_out is None and grad_dout is None:
+            return None, None, None, None
+        dtype = x01.dtype
+        grad_table = backward(x01, ctx.table_shape, dtype, ctx.meta, grad_out, grad_dout)
+        return grad_table, None, None, None
