@@ -80,7 +80,12 @@ def main() -> None:
                 first, metrics = generate(prompt, out, home)
                 again, _ = generate(prompt, Path(tmp) / (out.name + "_again"), home)
                 result["e2e"].append({"prompt": prompt, "first_s": first, "cached_s": again,
-                                      "iou_ring_mean": metrics["iou_ring_mean"], "iou_mean": metrics["iou_mean"],
+                                      "iou_ring_mean": metrics["iou_ring_mean"],
+                                      "iou_all_views": metrics["iou_all_views"],
+                                      "volume_iou": metrics["volume"]["iou"],
+                                      "chamfer": metrics["chamfer"]["chamfer"],
+                                      "normal_error_deg": metrics["normals"]["error_deg"],
+                                      "roughness_deg": metrics["normals"]["roughness_deg"],
                                       "colour_name": metrics["colour_name"],
                                       "colour_error_lab": metrics["colour_error_lab"],
                                       "saturation_excess": metrics.get("saturation", {}).get("excess")})
@@ -94,14 +99,19 @@ def main() -> None:
     for k, v in s["per_step_s"].items():
         print(f"| {k} | {v * 1e3:.1f} | {s['ratio_to_prior_forward'][k]:.1f} |")
     if result["e2e"]:
-        print("\n| prompt | first run s | cached re-run s | IoU (8-view ring) | IoU (+top, bottom) | colour | dE | "
-              "saturation excess |")
-        print("|---|---|---|---|---|---|---|---|")
+        def fmt(r: dict, key: str, spec: str) -> str:
+            value = r.get(key)
+            return "-" if value is None else format(value, spec)
+
+        print("\n| prompt | first run s | cached re-run s | IoU, all views (ring + top + bottom) | volumetric IoU | "
+              "Chamfer | normal error deg | roughness deg | IoU (8-view ring) | colour | dE | saturation excess |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in result["e2e"]:
-            ring = f"{r['iou_ring_mean']:.3f}" if "iou_ring_mean" in r else "-"
-            print(f"| {r['prompt']} | {r['first_s']:.0f} | {r['cached_s']:.2f} | {ring} | "
-                  f"{r['iou_mean']:.3f} | {r['colour_name']} | {r['colour_error_lab']:.1f} | "
-                  f"{r['saturation_excess']:.3f} |")
+            r = {**r, "iou_all_views": r.get("iou_all_views", r.get("iou_mean"))}  # results saved before the rename
+            print(f"| {r['prompt']} | {r['first_s']:.0f} | {r['cached_s']:.2f} | {fmt(r, 'iou_all_views', '.3f')} | "
+                  f"{fmt(r, 'volume_iou', '.3f')} | {fmt(r, 'chamfer', '.3f')} | {fmt(r, 'normal_error_deg', '.1f')} | "
+                  f"{fmt(r, 'roughness_deg', '.1f')} | {fmt(r, 'iou_ring_mean', '.3f')} | {r['colour_name']} | "
+                  f"{r['colour_error_lab']:.1f} | {r['saturation_excess']:.3f} |")
 
 
 if __name__ == "__main__":

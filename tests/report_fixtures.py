@@ -17,8 +17,11 @@ from distill3d.viz.turntable import save_turntable
 def fake_metrics(iou: float, saturation: float, clip: float | None = None) -> dict[str, Any]:
     """The part of a ``metrics.suite`` dict the report reads."""
     return {
-        "iou_mean": iou, "colour_error_lab": 3.5, "colour_name": "red", "depth_error": 0.012,
-        "chamfer": {"chamfer": 0.011}, "janus": {"rate_back": 0.0, "rate_side": 1 / 3},
+        "iou_all_views": iou, "iou_mean": iou, "iou_ring_mean": iou + 0.02, "colour_error_lab": 3.5,
+        "colour_name": "red", "depth_error": 0.012, "chamfer": {"chamfer": 0.011},
+        "volume": {"iou": iou - 0.1, "precision": 0.9, "recall": 0.95},
+        "normals": {"error_deg": 12.5, "roughness_deg": 4.25},
+        "janus": {"rate_back": 0.0, "rate_side": 1 / 3},
         "saturation": {"mean": saturation, "gt_mean": 0.6, "excess": saturation - 0.6},
         "sharpness": {"stripe_energy_ratio": None, "psnr": 25.0},
         "clip_r_precision": {"skipped": "no CLIP model folder given"} if clip is None else {"r_precision": clip},

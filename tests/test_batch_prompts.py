@@ -117,7 +117,8 @@ def test_gallery_lists_assets_and_failures_offline(tmp_path):
     (tmp_path / "a-red-cube").mkdir()
     for f in ("mesh.glb", "turntable.gif", "views.png"):
         (tmp_path / "a-red-cube" / f).write_bytes(b"x")
-    (tmp_path / "a-red-cube" / "metrics.json").write_text(json.dumps({"iou_mean": 0.91, "chamfer": {"chamfer": 0.1}}))
+    (tmp_path / "a-red-cube" / "metrics.json").write_text(json.dumps(
+        {"iou_all_views": 0.91, "iou_mean": 0.91, "volume": {"iou": 0.55}, "chamfer": {"chamfer": 0.1}}))
     entries = [
         {"name": "a-red-cube", "prompt": "a red cube", "method": "dreamfusion", "seed": 0, "source": "p:1",
          "status": "ok", "reason": None, "seconds": 3.2, "out": str(tmp_path / "a-red-cube")},
@@ -126,7 +127,8 @@ def test_gallery_lists_assets_and_failures_offline(tmp_path):
     ]
     page = write_gallery(entries, tmp_path).read_text()
     assert 'data-ok="1" data-failed="1"' in page and 'href="a-red-cube/mesh.glb"' in page
-    assert "IoU 0.91" in page and "&lt;flying&gt;" in page and "does not know: flying" in page
+    assert "IoU all views 0.91; vol. IoU 0.55; Chamfer 0.1" in page
+    assert "&lt;flying&gt;" in page and "does not know: flying" in page
     assert json.loads((tmp_path / "summary.json").read_text())[1]["status"] == "failed"
 
 

@@ -69,7 +69,7 @@ def test_compare_report_loads_in_chromium(compared: Path) -> None:
     dom = dump_dom(page)
     assert json.loads(_body_attr(dom, "data-images-broken")) == []
     assert int(_body_attr(dom, "data-images-total")) == page.read_text().count("<img ") == 2 * len(PROMPTS)
-    assert len(re.findall(r'<table class="metrics"', dom)) == len(PROMPTS) and "<th>IoU</th>" in dom
+    assert len(re.findall(r'<table class="metrics"', dom)) == len(PROMPTS) and "<th>IoU all views</th>" in dom
 
 
 def test_compare_again_is_all_cached(compared: Path, home: Path) -> None:
@@ -113,4 +113,5 @@ def test_dvc_report_stage(compared: Path, home: Path, tmp_path: Path) -> None:
     proc = run(home, *base, "--out", str(tmp_path / "summary.json"), module="stages")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["count"] == 3 and isinstance(summary["mean"]["iou_mean"], float)
+    assert summary["count"] == 3 and isinstance(summary["mean"]["iou_all_views"], float)
+    assert isinstance(summary["mean"]["volume_iou"], float)

@@ -14,10 +14,13 @@ from distill3d.toyworld import sdf as sdfs
 from distill3d.toyworld.gt_mesh import gt_mesh
 from distill3d.toyworld.vocab import COLOURS, FACE_COLOUR, STRIPE_COLOUR, parse_prompt
 
-FAST = dict(size=64, chamfer_points=3000, gt_resolution=64)
-KEYS = {"prompt", "spec", "views", "elevation", "iou_mean", "iou_ring_mean", "iou_per_view", "colour_error_lab",
-        "mean_colour_rgb", "colour_name", "colour_correct", "n_views", "size", "depth_error", "depth_error_per_view", "chamfer",
-        "janus", "saturation", "sharpness", "clip_r_precision", "flags"}
+FAST = dict(size=64, chamfer_points=3000, gt_resolution=64, volume_resolution=48, normal_points=3000)
+KEYS = {"prompt", "spec", "views", "elevation", "iou_all_views", "iou_mean", "iou_ring_mean", "iou_per_view",
+        "colour_error_lab", "mean_colour_rgb", "colour_name", "colour_correct", "n_views", "size", "depth_error",
+        "depth_error_per_view", "chamfer", "volume", "normals", "janus", "saturation", "sharpness", "clip_r_precision",
+        "flags"}
+VOLUME_KEYS = {"iou", "precision", "recall", "volume", "gt_volume", "resolution", "n_points", "bound"}
+NORMAL_KEYS = {"error_deg", "error_median_deg", "error_p90_deg", "n_points", "roughness_deg", "gt_roughness_deg"}
 NO_FLAGS = {"wrong_shape": False, "wrong_colour": False, "janus": False, "over_saturated": False,
             "blurry_stripes": False}
 
@@ -38,8 +41,12 @@ def test_ground_truth_asset_scores_perfect_and_is_json() -> None:
     json.dumps(out, allow_nan=False)
     assert set(out) == KEYS and out["n_views"] == 10 and len(out["iou_per_view"]) == 10
     assert [v["kind"] for v in out["views"]][-2:] == ["top", "bottom"]
-    assert out["iou_mean"] > 0.95 and out["iou_ring_mean"] > 0.95 and out["colour_correct"] and out["colour_error_lab"] < 5
-    assert out["depth_error"] < 0.01 and out["chamfer"]["chamfer"] < 0.02
+    assert out["iou_all_views"] == out["iou_mean"] == pytest.approx(sum(out["iou_per_view"]) / 10)
+    assert out["iou_all_views"] > 0.95 and out["iou_ring_mean"] > 0.95 and out["colour_correct"]
+    assert out["colour_error_lab"] < 5 and out["depth_error"] < 0.01 and out["chamfer"]["chamfer"] < 0.02
+    assert set(out["volume"]) == VOLUME_KEYS and out["volume"]["iou"] > 0.98 and out["volume"]["n_points"] == 48**3
+    assert set(out["normals"]) == NORMAL_KEYS and out["normals"]["error_deg"] < 3 and out["normals"]["n_points"] == 3000
+    assert out["normals"]["roughness_deg"] < 3 and out["normals"]["gt_roughness_deg"] < 3
     assert out["janus"]["applicable"] and out["janus"]["rate_back"] == 0.0 and out["janus"]["rate_side"] == 0.0
     assert abs(out["saturation"]["excess"]) < 0.02
     assert out["sharpness"]["applicable"] and 0.8 < out["sharpness"]["stripe_energy_ratio"] < 1.25
@@ -51,8 +58,12 @@ def test_wrong_shape_and_wrong_colour_are_flagged() -> None:
     cube = gt_mesh(parse_prompt("a orange cube"), resolution=48, texture_size=0)
     right = evaluate_asset(cube, "a orange cube", **FAST)
     shape = evaluate_asset(cube, "a orange sphere", **FAST)
-    assert shape["iou_mean"] < right["iou_mean"] - 0.1 and shape["chamfer"]["chamfer"] > 3 * right["chamfer"]["chamfer"]
+    assert shape["iou_all_views"] < right["iou_all_views"] - 0.1
+    assert shape["chamfer"]["chamfer"] > 3 * right["chamfer"]["chamfer"]
     assert shape["depth_error"] > 5 * right["depth_error"]
+    assert shape["volume"]["iou"] < right["volume"]["iou"] - 0.2
+    assert shape["normals"]["error_deg"] > 5 * right["normals"]["error_deg"]
+    assert shape["normals"]["roughness_deg"] == right["normals"]["roughness_deg"]  # the same mesh: GT-free
     assert shape["flags"]["wrong_shape"] and not shape["flags"]["wrong_colour"] and not right["flags"]["wrong_shape"]
     colour = evaluate_asset(cube, "a blue cube", **FAST)
     assert not colour["colour_correct"] and colour["colour_name"] == "orange" and colour["colour_error_lab"] > 50
@@ -71,7 +82,7 @@ def test_face_painted_on_the_back_is_janus() -> None:
     mesh = bake_texture(gt_mesh(spec, resolution=48, texture_size=256), two_faced, size=256)
     out = evaluate_asset(mesh, prompt, **FAST)
     assert out["janus"]["rate_back"] == 1.0 and out["janus"]["rate"] > 0 and out["flags"]["janus"]
-    assert out["iou_mean"] > 0.95 and out["colour_correct"] and not out["flags"]["wrong_shape"]
+    assert out["iou_all_views"] > 0.95 and out["colour_correct"] and not out["flags"]["wrong_shape"]
 
 
 def test_over_saturated_and_blurred_textures_are_flagged() -> None:
@@ -97,7 +108,8 @@ def test_evaluate_path_reads_a_glb_or_an_asset_directory(tmp_path, capsys) -> No
     save_glb(mesh, tmp_path / "other.glb")
     from_dir = evaluate_path(tmp_path / "asset", prompt, **FAST)
     from_file = evaluate_path(tmp_path / "other.glb", prompt, **FAST)
-    assert from_dir["asset"].endswith("asset") and from_dir["iou_mean"] == from_file["iou_mean"] > 0.9
+    assert from_dir["asset"].endswith("asset") and from_dir["iou_all_views"] == from_file["iou_all_views"] > 0.9
+    assert from_dir["volume"] == from_file["volume"] and from_dir["normals"] == from_file["normals"]
     assert torch.equal(load_asset(tmp_path / "asset").faces, load_asset(tmp_path / "other.glb").faces)
     with pytest.raises(FileNotFoundError):
         load_asset(tmp_path)  # a directory without mesh.glb

@@ -40,6 +40,15 @@ def test_table_helpers() -> None:
     assert format_value(0.123456) == "0.123" and format_value(None) == "–" and format_value(True) == "yes"
     values = row_values(m)
     assert len(values) == len(METRIC_COLUMNS) and values[0] == "0.9" and values[-1] == "skipped"
+    shown = dict(zip([name for name, _, _ in METRIC_COLUMNS], values))
+    assert shown["vol. IoU"] == "0.8" and shown["Chamfer"] == "0.011" and shown["normal err °"] == "12.5"
+    assert shown["roughness °"] == "4.25" and shown["IoU ring"] == "0.92"
+
+
+def test_geometry_columns_come_first() -> None:
+    paths = [path for _, path, _ in METRIC_COLUMNS]
+    assert paths[:4] == ["iou_all_views", "volume.iou", "chamfer.chamfer", "colour_error_lab"]
+    assert {"normals.error_deg", "normals.roughness_deg", "iou_ring_mean"} <= set(paths) and "iou_mean" not in paths
     assert markdown_table(["a", "b|c"], [["1", "2"]]).splitlines() == ["| a | b\\|c |", "|---|---|", "| 1 | 2 |"]
 
 
@@ -65,7 +74,9 @@ def test_write_report_is_self_contained(tmp_path) -> None:
     assert md.startswith("# Toy <comparison>") and md.count("## a red cube") == 1
     for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / rel).is_file()
-    assert md.count("| dreamfusion (seed 0) |") == 2 and "| IoU |" in md
+    assert md.count("| dreamfusion (seed 0) |") == 2 and "| IoU all views | vol. IoU | Chamfer |" in md
+    assert "| dreamfusion (seed 0) | 0.91 | 0.81 | 0.011 | 3.5 | red | 12.5 | 4.25 | 0.93 |" in md
+    assert "<th>normal err °</th>" in text and "volume.iou (high is better)" in text
     saved = json.loads((out / "metrics.json").read_text())
     assert [e["method"] for e in saved] == ["dreamfusion", "sjc"] * 2 and saved[1]["metrics"] is None
 

@@ -29,7 +29,7 @@ def test_report_loads_every_image_in_chromium(tmp_path) -> None:
     assert json.loads(_body_attr(dom, "data-images-broken")) == []
     assert int(_body_attr(dom, "data-images-total")) == page.read_text().count("<img ") == 9
     assert len(re.findall(r'<table class="metrics"', dom)) == 2
-    assert "<th>IoU</th>" in dom and "<td>dreamfusion (seed 0)</td>" in dom
+    assert "<th>IoU all views</th>" in dom and "<th>vol. IoU</th>" in dom and "<td>dreamfusion (seed 0)</td>" in dom
 
 
 def test_the_page_reports_a_broken_image(tmp_path) -> None:

@@ -8,6 +8,10 @@
 `status` is "ok" (generated now), "cached" (already complete, nothing ran) or "failed". Writing is atomic per file
 (temp + rename), so a reader never sees half a page. The comparison report (html.py) is the other page the project
 writes; both live here in distill3d.report.
+
+Each card with a mesh.glb also gets an interactive 3D view, exactly as in the comparison report (see html.py's
+docstring): the viewer bundle is copied to out/viewer/, each GLB's base64 to out/viewer/glb/<k>-<name>.js (so the
+page works from file://), or, without the viewer installed, a note saying so.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from distill3d.report.html import (ASSET_MESH, VIEWER_CSS, VIEWER_MISSING, copy_viewer, slug, viewer_element,
+                                   viewer_scripts, write_glb_data)
 from distill3d.report.table import format_value, lookup
 
 LINKS = ("mesh.glb", "turntable.gif", "views.png", "metrics.json", "manifest.json")
-METRICS = (("IoU", "iou_mean"), ("ΔE Lab", "colour_error_lab"), ("colour ok", "colour_correct"),
-           ("Chamfer", "chamfer.chamfer"))
+METRICS = (("IoU all views", "iou_all_views"), ("vol. IoU", "volume.iou"), ("Chamfer", "chamfer.chamfer"),
+           ("ΔE Lab", "colour_error_lab"), ("colour ok", "colour_correct"), ("normal err °", "normals.error_deg"))
 SUCCESS = ("ok", "cached")
 
 _CSS = """
@@ -37,6 +43,8 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 .failed td.reason { color: #a00; font-family: monospace; }
+.card model-viewer { width: 200px; height: 200px; }
+.card .missing { color: #a00; font-size: .85em; }
 """
 
 
@@ -53,7 +61,20 @@ def _metrics(asset: Path) -> dict | None:
         return None
 
 
-def _card(entry: Mapping[str, Any], out_dir: Path) -> str:
+def _view_3d(entry: Mapping[str, Any], index: int, out_dir: Path, viewer_rel: str | None) -> str:
+    """The card's 3D view of <name>/mesh.glb (its data script written under out/viewer/glb/), or a note."""
+    name = str(entry["name"])
+    glb = out_dir / name / ASSET_MESH
+    if not glb.is_file():
+        return ""
+    if viewer_rel is None:
+        return f'<p class="missing no-viewer">{html.escape(VIEWER_MISSING)}</p>'
+    glb_rel, js_rel = f"{name}/{ASSET_MESH}", f"viewer/glb/{index:03d}-{slug(name)}.js"
+    write_glb_data(glb, out_dir, glb_rel, js_rel)
+    return viewer_element(glb_rel, js_rel, str(entry["prompt"]))
+
+
+def _card(entry: Mapping[str, Any], out_dir: Path, view_3d: str = "") -> str:
     esc = html.escape
     name = str(entry["name"])
     asset = out_dir / name
@@ -68,7 +89,7 @@ def _card(entry: Mapping[str, Any], out_dir: Path) -> str:
     meta = f"{esc(str(entry.get('method')))}, seed {esc(str(entry.get('seed')))}, {esc(str(entry['status']))}"
     if entry.get("seconds") is not None:
         meta += f", {float(entry['seconds']):.1f} s"
-    return (f'<div class="card" data-status="{esc(str(entry["status"]))}" data-name="{esc(name)}">{img}'
+    return (f'<div class="card" data-status="{esc(str(entry["status"]))}" data-name="{esc(name)}">{img}{view_3d}'
             f'<h3>{esc(str(entry["prompt"]))}</h3><p class="meta">{meta}</p>'
             + (f'<p class="meta">{esc("; ".join(shown))}</p>' if shown else "")
             + f'<p class="links">{links}</p></div>')
@@ -89,21 +110,26 @@ def summary_markdown(entries: Sequence[Mapping[str, Any]], title: str = "batch")
     return "\n".join(lines) + "\n"
 
 
-def write_gallery(entries: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "distill3d batch") -> Path:
+def write_gallery(entries: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "distill3d batch",
+                  viewer: str | Path | bool | None = None) -> Path:
     """Write `out_dir/index.html` and `out_dir/summary.json` for the batch's entries; return the HTML path.
 
     entries: mappings with name, prompt, method, seed, source, status ("ok" | "cached" | "failed"), reason (for
-    failures), seconds, out. Successful entries' assets are expected at `out_dir/<name>/`.
+    failures), seconds, out. Successful entries' assets are expected at `out_dir/<name>/`. viewer: the 3D viewer
+    bundle, as ``html.write_report``'s (None: the installed one, False: none).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     good = [e for e in entries if e["status"] in SUCCESS]
     bad = [e for e in entries if e["status"] not in SUCCESS]
+    has_mesh = any((out_dir / str(e["name"]) / ASSET_MESH).is_file() for e in good)
+    viewer_rel = copy_viewer(out_dir, viewer) if has_mesh else None
     body = [f"<h1>{esc(title)}</h1>",
             f'<p id="counts" data-ok="{len(good)}" data-failed="{len(bad)}">{len(good)} of {len(entries)} prompts '
             f"succeeded, {len(bad)} failed.</p>",
-            '<div class="cards">', *(_card(e, out_dir) for e in good), "</div>"]
+            '<div class="cards">', *(_card(e, out_dir, _view_3d(e, k, out_dir, viewer_rel))
+                                     for k, e in enumerate(good)), "</div>"]
     if bad:
         body += ['<h2>Failures</h2><table class="failed"><thead><tr><th>prompt</th><th>source</th><th>method</th>'
                  "<th>reason</th></tr></thead><tbody>"]
@@ -112,8 +138,8 @@ def write_gallery(entries: Sequence[Mapping[str, Any]], out_dir: str | Path, tit
                  f'<td class="reason">{esc(str(e.get("reason") or "unknown error"))}</td></tr>' for e in bad]
         body.append("</tbody></table>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body)
-            + "\n</body></html>\n")
+            f"<title>{esc(title)}</title><style>{_CSS}{VIEWER_CSS}</style></head>\n<body>\n" + "\n".join(body)
+            + f"\n{viewer_scripts(viewer_rel)}</body></html>\n")
     _write_atomic(out_dir / "summary.json", json.dumps(list(entries), indent=2, default=str) + "\n")
     _write_atomic(out_dir / "index.html", page)
     return out_dir / "index.html"

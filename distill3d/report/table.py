@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# (column header, dotted path into the dict of ``metrics.suite.evaluate_asset``, better: "high" / "low" / "zero")
+# (column header, dotted path into the dict of ``metrics.suite.evaluate_asset``, better: "high" / "low" / "zero").
+# Geometry first: silhouette IoU over every view (ring + top + bottom, the headline), volumetric IoU of the solid,
+# Chamfer, then colour, surface normals (degrees) and the rest; the ring-only IoU is kept as a secondary column.
 METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("IoU", "iou_mean", "high"),
+    ("IoU all views", "iou_all_views", "high"),
+    ("vol. IoU", "volume.iou", "high"),
+    ("Chamfer", "chamfer.chamfer", "low"),
     ("ΔE Lab", "colour_error_lab", "low"),
     ("colour", "colour_name", ""),
+    ("normal err °", "normals.error_deg", "low"),
+    ("roughness °", "normals.roughness_deg", "low"),
+    ("IoU ring", "iou_ring_mean", "high"),
     ("depth err", "depth_error", "low"),
-    ("Chamfer", "chamfer.chamfer", "low"),
     ("Janus back", "janus.rate_back", "low"),
     ("Janus side", "janus.rate_side", "low"),
     ("saturation", "saturation.mean", ""),
