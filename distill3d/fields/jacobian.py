@@ -1,5 +1,6 @@
-"""Spatial derivatives of a field's MLP output without autograd (no double backward for normals and the eikonal
-term): forward-mode through a Linear/ReLU stack, fed by ``HashGridEncoding.forward_with_grad``."""
+"""The spatial gradient of a field's MLP output without autograd's double backward (normals and the eikonal term):
+the MLP's input gradient of its output 0 by one reverse pass through a Linear/ReLU stack, contracted with the
+encoding's spatial derivatives (``HashGridEncoding.forward_with_grad``)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,24 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: torch.T
     """``mlp(features)`` (N, O) and d output[:, 0] / d x (N, 3), given the features (N, D) and their derivatives
     d features / d x (N, 3, D). ``mlp`` is a sequence of ``nn.Linear`` and ``nn.ReLU`` ending in a Linear.
 
-    Chain rule layer by layer: J <- J W^T through a Linear, J <- J * 1[z > 0] through a ReLU; the last Linear is
-    applied to output 0 only (the density / SDF channel). Differentiable (first order) w.r.t. the MLP's weights and
-    whatever ``features`` / ``jac`` depend on."""
-    h, j = features, jac
+    Output 0 is one number per point, so its input gradient is one reverse pass (v <- v W through a Linear,
+    v <- v * 1[z > 0] through a ReLU, from v = the last layer's row 0): d out0 / d features (N, D), then contracted
+    with ``jac``: 3x less work than pushing the 3 columns of ``jac`` forward. Written with differentiable ops, so
+    the result is (first-order) differentiable w.r.t. the MLP's weights and whatever ``features`` / ``jac`` depend
+    on."""
     layers = list(mlp)
-    for i, layer in enumerate(layers):
+    if not layers or not isinstance(layers[-1], nn.Linear):
+        raise TypeError("mlp_with_input_grad needs a Linear/ReLU stack ending in a Linear")
+    h, masks = features, []
+    for layer in layers:
         if isinstance(layer, nn.Linear):
-            weight = layer.weight if i < len(layers) - 1 else layer.weight[:1]
-            j = j @ weight.T
             h = layer(h)
         elif isinstance(layer, nn.ReLU):
-            j = j * (h > 0).to(h.dtype)[:, None, :]
+            masks.append((h > 0).to(h.dtype))
             h = torch.relu(h)
         else:
             raise TypeError(f"mlp_with_input_grad handles Linear and ReLU layers, not {type(layer).__name__}")
-    return h, j[:, :, 0]
+    v = layers[-1].weight[:1].expand(features.shape[0], -1)  # d out0 / d (last layer's input), (N, H)
+    for layer in reversed(layers[:-1]):
+        v = v * masks.pop() if isinstance(layer, nn.ReLU) else v @ layer.weight
+    return h, (jac * v.unsqueeze(1)).sum(-1)  # (N, 3, D) . (N, D) -> (N, 3)

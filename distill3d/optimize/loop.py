@@ -38,7 +38,7 @@ def make_optimizer(scenes: Sequence[nn.Module], cfg: DistillConfig) -> torch.opt
         for name, group in scene.param_groups().items():
             if group:
                 params.append({"params": group, "lr": cfg.lr_for(name), "name": name})
-    return torch.optim.Adam(params, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.Adam(params, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False, fused=True)
 
 
 def choose_shading(step: int, cfg: DistillConfig, generator: torch.Generator) -> str:
