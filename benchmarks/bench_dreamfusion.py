@@ -1,13 +1,18 @@
-"""DreamFusion benchmarks on the toy prior (run by hand or `make bench`; never part of the test suite).
+"""DreamFusion speed and quality on this machine (run by hand; never part of the test suite).
 
-1. SDS step time split into render / prior / backward, as a ratio to the prior's own batch-of-2 forward pass
-   (one CFG evaluation: conditional + unconditional).
-2. End-to-end `distill3d generate` at default settings (params.yaml) for prompts the tests do not use: wall time,
-   silhouette IoU and colour against the toy world's ground truth.
-3. The cached re-run of the same command.
+Every time is also given as a multiple of a reference measured in the same run: 1000 batch-2 forward passes of the
+prior (one CFG evaluation each: the least 1000 SDS steps can cost), so machines of the same kind compare.
 
-Writes benchmarks/results/dreamfusion.json and prints a Markdown table.
-    python benchmarks/bench_dreamfusion.py [--prompts "a red cube" "a blue torus"] [--skip-e2e]
+    reference   1000 batch-2 UNet forwards of the default prior (measured at the start and the end; the mean)
+    step        the SDS step split (render / prior / backward / other) over a whole default run, ms and x forward
+    e2e         `distill3d generate --method dreamfusion` at default settings on prompts the tests do not use, for
+                each seed: wall seconds, per-stage seconds (manifests), x reference, and the quality metrics
+                (all-view IoU, volumetric IoU, Chamfer, colour error, normal error); then the cached re-run
+    throughput  `distill3d batch` of 8 prompts at concurrency 1 and 2: prompts per hour
+    scaling     the nerf_sds stage alone at 250 / 500 / 1000 steps and at render size 32 / 48 / 64
+
+    python benchmarks/bench_dreamfusion.py [--sections reference,step,e2e,throughput,scaling] [--seeds 0,1]
+Writes benchmarks/results/dreamfusion.json (merged with earlier sections) and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -23,96 +28,163 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_PROMPTS = ["a red cube", "a blue torus", "a yellow cylinder", "a green cone"]
+PROMPTS = ["a red cube", "a blue torus", "a yellow cylinder", "a green cone"]  # not used by any test
+BATCH = ["a red cube", "a blue torus", "a yellow cylinder", "a green cone", "a purple sphere", "an orange cube",
+         "a white cylinder", "a red torus"]
+RESULTS = REPO / "benchmarks" / "results" / "dreamfusion.json"
 
 
-def step_split(prior_dir: Path, steps: int = 60) -> dict:
+def _env(home: Path) -> dict:
+    return {**os.environ, "DISTILL3D_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+
+
+def reference(prior_dir: Path, n: int = 1000) -> float:
+    """Seconds of ``n`` batch-2 forward passes of the prior (the CFG batch of one SDS step)."""
     import torch
 
-    from distill3d.fields.nerf import RadianceField
-    from distill3d.guidance.sds import SDSConfig
-    from distill3d.optimize.config import DistillConfig
-    from distill3d.optimize.loop import distill_field
     from distill3d.priors.loading import load_prior
 
     prior = load_prior(prior_dir)
-    x = torch.randn(2, 3, prior.resolution, prior.resolution)
+    x = torch.randn(2, 3 if prior.space == "pixel" else 4, prior.resolution, prior.resolution)
+    if prior.space == "latent":
+        x = torch.randn(2, 4, prior.resolution // prior.vae_scale_factor, prior.resolution // prior.vae_scale_factor)
     text = prior.encode_text(["a red cube", ""])
     t = torch.tensor([500, 500])
     with torch.no_grad():
-        for _ in range(3):
+        for _ in range(10):
             prior.predict_noise(x, t, text)
         t0 = time.perf_counter()
-        for _ in range(20):
+        for _ in range(n):
             prior.predict_noise(x, t, text)
-    forward = (time.perf_counter() - t0) / 20
-    hist = distill_field(RadianceField(), prior, "a red cube", DistillConfig(steps=steps, albedo_only_fraction=0.0),
-                         seed=0, progress=False, guidance=SDSConfig(guidance_scale=10.0))
-    per_step = {k: v / steps for k, v in hist["seconds"].items()}
-    return {"prior_forward_batch2_s": forward, "per_step_s": per_step,
-            "ratio_to_prior_forward": {k: v / forward for k, v in per_step.items()}}
+    return time.perf_counter() - t0
 
 
-def generate(prompt: str, out: Path, home: Path) -> tuple[float, dict]:
-    env = {**os.environ, "DISTILL3D_HOME": str(home)}
+def step_split(prior_dir: Path, params_file: Path) -> dict:
+    """A default nerf_sds run's loop timings per step (render, prior, backward, other), in ms."""
+    from distill3d.fields.nerf import RadianceField
+    from distill3d.optimize.loop import distill
+    from distill3d.optimize.scene import volume_scene
+    from flows.plan import stage_params
+    from stages.shared.prompted import load_stage_prior
+
+    params = stage_params("nerf_sds", {"prompt": "a red cube", "seed": 0, "device": "cpu"}, None, params_file)
+    prior = load_stage_prior(params, prior_dir)
+    field = RadianceField(params.field)
+    hist = distill([volume_scene(field, params.optimize)], prior, params.prompt, params.optimize, seed=0,
+                   progress=False, guidance=params.guidance)
+    steps = hist["steps"]
+    return {k: round(v / steps * 1000, 2) for k, v in hist["seconds"].items()}
+
+
+def generate(prompt: str, out: Path, home: Path, *extra: str) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--method", "dreamfusion", "--prompt",
-                           prompt, "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+                           prompt, "--out", str(out), *extra], cwd=REPO, env=_env(home), capture_output=True,
+                          text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    return seconds, json.loads((out / "metrics.json").read_text())
+        return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "seconds": seconds}
+    manifest = json.loads((out / "manifest.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    from distill3d.report.table import lookup
+
+    return {"seconds": round(seconds, 2), "cached": manifest.get("cached"),
+            "stages": {k: v.get("seconds") for k, v in manifest["stages"].items()},
+            **{k: lookup(metrics, p) for k, p in (("iou_all_views", "iou_all_views"), ("volume_iou", "volume.iou"),
+                                                  ("chamfer", "chamfer.chamfer"), ("colour_error", "colour_error_lab"),
+                                                  ("colour", "colour_name"), ("normal_error", "normals.error_deg"),
+                                                  ("saturation_excess", "saturation.excess"))}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", nargs="*", default=DEFAULT_PROMPTS)
-    ap.add_argument("--skip-e2e", action="store_true")
-    args = ap.parse_args()
-    prior = REPO / "models" / "toy_prior"
-    result: dict = {"machine": f"{os.cpu_count()} cores", "step_split": step_split(prior), "e2e": []}
-    out_file = REPO / "benchmarks" / "results" / "dreamfusion.json"
-    if not args.skip_e2e:
-        with tempfile.TemporaryDirectory() as tmp:
+def e2e(prompts: list[str], seeds: list[int]) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-df-") as tmp:
+        home = Path(tmp) / "home"
+        # Prefect's first start migrates its database (~18 s, once per machine): not part of an asset's time
+        subprocess.run([sys.executable, "-c", "import tasks, prefect; from prefect import flow\n"
+                        "flow(lambda: None, name='warm')()"], cwd=REPO, env=_env(home), capture_output=True)
+        for prompt in prompts:
+            for seed in seeds:
+                out = Path(tmp) / f"{prompt}-{seed}".replace(" ", "_")
+                row = {"prompt": prompt, "seed": seed, **generate(prompt, out, home, "--seed", str(seed))}
+                again = generate(prompt, Path(tmp) / "again", home, "--seed", str(seed))
+                row["cached_seconds"] = again["seconds"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def throughput(prompts: list[str]) -> dict:
+    out = {}
+    for concurrency in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
             home = Path(tmp) / "home"
-            for prompt in args.prompts:
-                out = Path(tmp) / prompt.replace(" ", "_")
-                first, metrics = generate(prompt, out, home)
-                again, _ = generate(prompt, Path(tmp) / (out.name + "_again"), home)
-                result["e2e"].append({"prompt": prompt, "first_s": first, "cached_s": again,
-                                      "iou_ring_mean": metrics["iou_ring_mean"],
-                                      "iou_all_views": metrics["iou_all_views"],
-                                      "volume_iou": metrics["volume"]["iou"],
-                                      "chamfer": metrics["chamfer"]["chamfer"],
-                                      "normal_error_deg": metrics["normals"]["error_deg"],
-                                      "roughness_deg": metrics["normals"]["roughness_deg"],
-                                      "colour_name": metrics["colour_name"],
-                                      "colour_error_lab": metrics["colour_error_lab"],
-                                      "saturation_excess": metrics.get("saturation", {}).get("excess")})
-    out_file.parent.mkdir(exist_ok=True)
-    if args.skip_e2e and out_file.is_file():  # keep the last end-to-end figures
-        result["e2e"] = json.loads(out_file.read_text()).get("e2e", [])
-    out_file.write_text(json.dumps(result, indent=2))
-    s = result["step_split"]
-    print(f"prior forward (batch 2): {s['prior_forward_batch2_s'] * 1e3:.1f} ms")
-    print("| part | ms / step | x prior forward |\n|---|---|---|")
-    for k, v in s["per_step_s"].items():
-        print(f"| {k} | {v * 1e3:.1f} | {s['ratio_to_prior_forward'][k]:.1f} |")
-    if result["e2e"]:
-        def fmt(r: dict, key: str, spec: str) -> str:
-            value = r.get(key)
-            return "-" if value is None else format(value, spec)
+            src = Path(tmp) / "prompts.txt"
+            src.write_text("\n".join(prompts) + "\n")
+            subprocess.run([sys.executable, "-c", "import tasks, prefect; from prefect import flow\n"
+                            "flow(lambda: None, name='warm')()"], cwd=REPO, env=_env(home), capture_output=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "flows.cli", "batch", "--prompts", str(src), "--out",
+                                   str(Path(tmp) / "out"), "--concurrency", str(concurrency)], cwd=REPO,
+                                  env=_env(home), capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            out[str(concurrency)] = {"seconds": round(seconds, 1), "ok": proc.returncode == 0,
+                                     "prompts_per_hour": round(len(prompts) * 3600 / seconds, 1)}
+            print(json.dumps({"concurrency": concurrency, **out[str(concurrency)]}), flush=True)
+    return out
 
-        print("\n| prompt | first run s | cached re-run s | IoU, all views (ring + top + bottom) | volumetric IoU | "
-              "Chamfer | normal error deg | roughness deg | IoU (8-view ring) | colour | dE | saturation excess |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in result["e2e"]:
-            r = {**r, "iou_all_views": r.get("iou_all_views", r.get("iou_mean"))}  # results saved before the rename
-            print(f"| {r['prompt']} | {r['first_s']:.0f} | {r['cached_s']:.2f} | {fmt(r, 'iou_all_views', '.3f')} | "
-                  f"{fmt(r, 'volume_iou', '.3f')} | {fmt(r, 'chamfer', '.3f')} | {fmt(r, 'normal_error_deg', '.1f')} | "
-                  f"{fmt(r, 'roughness_deg', '.1f')} | {fmt(r, 'iou_ring_mean', '.3f')} | {r['colour_name']} | "
-                  f"{r['colour_error_lab']:.1f} | {r['saturation_excess']:.3f} |")
+
+def scaling(prior_dir: Path) -> list[dict]:
+    rows = []
+    for key, value in (("optimize.steps", 250), ("optimize.steps", 500), ("optimize.steps", 1000),
+                       ("optimize.render_size", 48), ("optimize.render_size", 64)):
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "stages", "nerf_sds", "--params", "params.yaml", "--set",
+                                   'prompt="a red cube"', "--set", f"{key}={value}", "--in", f"prior={prior_dir}",
+                                   "--out", str(Path(tmp) / "out")], cwd=REPO, env=_env(Path(tmp) / "home"),
+                                  capture_output=True, text=True)
+            rows.append({"param": key, "value": value, "seconds": round(time.perf_counter() - t0, 1),
+                         "ok": proc.returncode == 0})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="reference,step,e2e,throughput,scaling")
+    parser.add_argument("--prompts", nargs="*", default=PROMPTS)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--prior", type=Path, default=REPO / "models" / "toy_prior")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    result["machine"] = {"cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS", "default")}
+    ref = reference(args.prior)
+    result["reference_s"] = round(ref, 2)
+    print(f"reference (1000 batch-2 forwards): {ref:.1f} s", flush=True)
+    if "step" in sections:
+        step = step_split(args.prior, REPO / "params.yaml")
+        forward_ms = ref  # ms per forward = s per 1000
+        result["step"] = {"ms": step, "x_forward": {k: round(v / forward_ms, 2) for k, v in step.items()}}
+        print(json.dumps(result["step"]), flush=True)
+    if "e2e" in sections:
+        rows = e2e(args.prompts, seeds)
+        for r in rows:
+            r["x_reference"] = round(r["seconds"] / ref, 2)
+        result["e2e"] = rows
+    if "throughput" in sections:
+        result["throughput"] = throughput(BATCH)
+    if "scaling" in sections:
+        result["scaling"] = scaling(args.prior)
+    ref_end = reference(args.prior)
+    result["reference_end_s"] = round(ref_end, 2)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}; reference at the end {ref_end:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -83,6 +83,20 @@ def resize_to_prior(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=down)
 
 
+def surrogate_loss(x0: torch.Tensor, g: torch.Tensor, nan_guard: bool = True, grad_clip: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stop-gradient surrogate every score-distillation gradient uses (the U-Net Jacobian dropped):
+    L = 1/2 sum (x_0 - sg[x_0 - g])^2 / B, whose gradient w.r.t. x_0 (B, ...) is exactly g / B. Non-finite entries of
+    g are zeroed with ``nan_guard``, elements clamped to +-``grad_clip``. Returns (L, the g used)."""
+    with torch.no_grad():
+        if nan_guard:
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+        if grad_clip is not None:
+            g = g.clamp(-grad_clip, grad_clip)
+        target = x0.detach() - g
+    return 0.5 * F.mse_loss(x0, target, reduction="sum") / x0.shape[0], g
+
+
 def sds_loss(
     prior: Prior,
     images: torch.Tensor,
@@ -108,12 +122,7 @@ def sds_loss(
         eps_hat, _, _ = prior.predict_noise_cfg(x_t, t, text, cfg.guidance_scale, cond)
         w = sds_weight(prior.alphas_cumprod.to(dev)[t].to(x0.dtype), cfg.weighting)
         g = w.view(-1, *([1] * (x0.dim() - 1))) * (eps_hat.to(x0.dtype) - noise)
-        if cfg.nan_guard:
-            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-        if cfg.grad_clip is not None:
-            g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
-        target = x0.detach() - g
-    loss = 0.5 * F.mse_loss(x0, target, reduction="sum") / B
+    loss, g = surrogate_loss(x0, g, cfg.nan_guard, cfg.grad_clip)
     return {"loss_sds": loss, "t": t.detach(), "grad_norm": float(g.norm()), "w": w.detach()}
 
 

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distill3d.cameras import Cameras
 from distill3d.guidance.lora import ATTENTION_PROJECTIONS, CameraLoRA, camera_features
-from distill3d.guidance.sds import Weighting, resize_to_prior, sds_weight
+from distill3d.guidance.sds import Weighting, resize_to_prior, sds_weight, surrogate_loss
 from distill3d.priors.base import Prior, PriorError, TextEmbeddings, to_epsilon
 
 
@@ -205,12 +205,7 @@ def vsd_loss(prior: Prior, lora: CameraLoRA, images: torch.Tensor, text: TextEmb
         eps_phi = to_epsilon(raw, x_t.float(), prior.alphas_cumprod.to(dev)[t], prior.scheduler.config.prediction_type)
         w = sds_weight(prior.alphas_cumprod.to(dev)[t].to(x0.dtype), cfg.weighting)
         g = w.view(-1, *([1] * (x0.dim() - 1))) * (eps_pretrain.to(x0.dtype) - eps_phi.to(x0.dtype))
-        if cfg.nan_guard:
-            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-        if cfg.grad_clip is not None:
-            g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
-        target = x0.detach() - g
-    loss = 0.5 * F.mse_loss(x0, target, reduction="sum") / B
+    loss, g = surrogate_loss(x0, g, cfg.nan_guard, cfg.grad_clip)
     return {"loss_vsd": loss, "t": t.detach(), "w": w.detach(), "grad_norm": float(g.norm()),
             "x0": x0.detach(), "cams": cams}
 
