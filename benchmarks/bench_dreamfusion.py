@@ -86,7 +86,7 @@ def generate(prompt: str, out: Path, home: Path, *extra: str) -> dict:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "seconds": seconds}
     manifest = json.loads((out / "manifest.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
-    from distill3d.report.table import lookup
+    from distill3d.nested import lookup
 
     return {"seconds": round(seconds, 2), "cached": manifest.get("cached"),
             "stages": {k: v.get("seconds") for k, v in manifest["stages"].items()},

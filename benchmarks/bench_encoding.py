@@ -22,13 +22,13 @@ Not a test (no assertion on time).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from mdtable import MarkdownTable, save_json
 
 from distill3d.fields import hashgrid_cpu
 from distill3d.fields.nerf import FieldConfig, RadianceField
@@ -128,9 +128,8 @@ def main() -> None:
                      "timing": f"median of {args.repeats} rounds x {args.calls} calls, interleaved; ms per call",
                      "kernel_load_s": build_s, "rows": []}
     print(f"{args.points} points, default FieldConfig encoding; kernels loaded in {build_s:.2f} s")
-    print(f"| {'case':<24} | {'threads':>7} | {'torch cpu ms':>12} | {'native cpu ms':>13} | {'speed-up':>8} |"
-          f" {'torch wall ms':>13} | {'native wall ms':>14} |")
-    print(f"|{'-' * 26}|{'-' * 9}|{'-' * 14}|{'-' * 15}|{'-' * 10}|{'-' * 15}|{'-' * 16}|")
+    table = MarkdownTable(("case" + " " * 20, ""), ("threads", ""), ("torch cpu ms", ".2f"), ("native cpu ms", ".2f"),
+                          ("speed-up", ".1f"), ("torch wall ms", ".2f"), ("native wall ms", ".2f"))
     for threads in args.threads:
         torch.set_num_threads(threads)
         for group, cases in (("encoding", encoding_cases(field, x)), ("field", field_cases(field, x))):
@@ -144,8 +143,8 @@ def main() -> None:
                 row = {"group": group, "case": name, "threads": threads, "torch_cpu_ms": t["cpu_ms"],
                        "native_cpu_ms": n["cpu_ms"], "torch_wall_ms": t["wall_ms"], "native_wall_ms": n["wall_ms"]}
                 results["rows"].append(row)
-                print(f"| {name:<24} | {threads:>7} | {t['cpu_ms']:>12.2f} | {n['cpu_ms']:>13.2f} |"
-                      f" {t['cpu_ms'] / n['cpu_ms']:>7.1f}x | {t['wall_ms']:>13.2f} | {n['wall_ms']:>14.2f} |")
+                table.row(name, threads, t["cpu_ms"], n["cpu_ms"], t["cpu_ms"] / n["cpu_ms"], t["wall_ms"],
+                          n["wall_ms"])
     # backward modes of the kernel alone
     enc = field.encoding
     x01, _, _ = enc._normalise(x)
@@ -155,8 +154,7 @@ def main() -> None:
     g_out, g_der = torch.randn(args.points, d), torch.randn(args.points, 3, d)
     shape = tuple(enc.table.shape)
     print(f"\nnative backward (features + derivatives), {args.points} points")
-    print(f"| {'mode':<34} | {'threads':>7} | {'cpu ms':>7} | {'wall ms':>8} |")
-    print(f"|{'-' * 36}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
+    table = MarkdownTable(("mode" + " " * 30, ""), ("threads", ""), (" cpu ms", ".2f"), (" wall ms", ".2f"))
     results["backward_modes"] = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -165,10 +163,8 @@ def main() -> None:
                      for k in modes}, args.repeats, args.calls)
         for k, label in modes.items():
             results["backward_modes"].append({"mode": k, "threads": threads, **m[k]})
-            print(f"| {label:<34} | {threads:>7} | {m[k]['cpu_ms']:>7.2f} | {m[k]['wall_ms']:>8.2f} |")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+            table.row(label, threads, m[k]["cpu_ms"], m[k]["wall_ms"])
+    save_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ mesh at 64x64, 1 and ``--views`` views; ms per call of a DMTet render + backward
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
+from mdtable import MarkdownTable, save_json
 
 
 def icosphere_with_faces(n_faces: int):
@@ -129,39 +129,35 @@ def main() -> None:
     verts, faces = icosphere_with_faces(args.faces)
     print(f"mesh: {faces.shape[0]} faces, {verts.shape[0]} vertices; {args.views} views per batch; "
           f"torch threads {torch.get_num_threads()}")
-    print(f"| {'size':>7} | {'device':>6} | {'rasterize ms/frame':>18} | {'+ diff. bary + backward ms/frame':>32} |")
-    print(f"|{'-' * 9}|{'-' * 8}|{'-' * 20}|{'-' * 34}|")
+    table = MarkdownTable(("   size", ""), ("device", ""), ("rasterize ms/frame", ".1f"),
+                          ("+ diff. bary + backward ms/frame", ".1f"))
     for device in devices:
         for size in args.sizes:
             plain, full = bench(size, verts, faces, args.views, args.repeats, device)
             results["rasterize"].append({"size": size, "device": device, "faces": faces.shape[0],
                                          "rasterize_ms_per_frame": plain, "with_backward_ms_per_frame": full})
-            print(f"| {f'{size}x{size}':>7} | {device:>6} | {plain:>18.1f} | {full:>32.1f} |")
+            table.row(f"{size}x{size}", device, plain, full)
 
     verts, faces = icosphere_with_faces(args.aa_faces)
     print(f"\nrender_surface (rasterise + diff. bary + Lambertian + antialias) + backward, 64x64, "
           f"{faces.shape[0]} faces")
-    print(f"| {'device':>6} | {'views':>5} | {'ms per call':>11} |")
-    print(f"|{'-' * 8}|{'-' * 7}|{'-' * 13}|")
+    table = MarkdownTable(("device", ""), ("views", ""), ("ms per call", ".1f"))
     for device in devices:
         for views in sorted({1, args.views}):
             ms = bench_silhouette(verts, faces, views, args.repeats, device)
             results["silhouette"].append({"device": device, "views": views, "faces": faces.shape[0], "ms": ms})
-            print(f"| {device:>6} | {views:>5} | {ms:>11.1f} |")
+            table.row(device, views, ms)
 
     if args.dmtet:
         print("\nDMTet scene render + backward + regularisers, 64x64, sphere, RadianceField colours")
-        print(f"| {'grid':>8} | {'device':>6} | {'views':>5} | {'faces':>6} | {'ms per call':>11} |")
-        print(f"|{'-' * 10}|{'-' * 8}|{'-' * 7}|{'-' * 8}|{'-' * 13}|")
+        table = MarkdownTable(("    grid", ""), ("device", ""), ("views", ""), (" faces", ""), ("ms per call", ".1f"))
         for device in devices:
             for res in args.dmtet:
                 for views in sorted({1, args.views}):
                     ms, n = bench_dmtet(res, views, args.repeats, device)
                     results["dmtet"].append({"grid": res, "device": device, "views": views, "faces": n, "ms": ms})
-                    print(f"| {f'{res}^3':>8} | {device:>6} | {views:>5} | {n:>6} | {ms:>11.1f} |")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+                    table.row(f"{res}^3", device, views, n, ms)
+    save_json(args.json, results)
 
 
 if __name__ == "__main__":

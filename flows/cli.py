@@ -32,7 +32,7 @@ from typing import Annotated, Any, Optional
 import tasks  # noqa: F401  (first: sets PREFECT_HOME etc. before anything imports prefect)
 import typer
 from flows.asset import AssetRequest, make_asset, plan_request
-from flows.jobs import Defaults
+from flows.jobs import Defaults, merge_sections
 from flows.method_spec import Method
 from flows.methods import get_method, methods
 from flows.plan import default_params_file, resolve_inputs
@@ -85,14 +85,6 @@ def section_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         if not key:
             raise StageError(f"--set {item!r}: the key must start with a stage, e.g. nerf_sds.optimize.steps=100")
         out.setdefault(section, {})[key] = value
-    return out
-
-
-def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for layer in layers:
-        for section, values in layer.items():
-            out.setdefault(section, {}).update(values)
     return out
 
 
@@ -168,7 +160,7 @@ def generate(
     """Generate a 3D asset from a prompt; stages already computed for the same inputs are reused."""
     check_device(device)
     spec = get_method(method)
-    overrides = merge(spec.shortcut_overrides(steps, guidance_scale), section_overrides(set_ or []))
+    overrides = merge_sections(spec.shortcut_overrides(steps, guidance_scale), section_overrides(set_ or []))
     inputs = input_folders(input_, prior=prior, depth_prior=depth_prior, fine_prior=fine_prior)
     check_inputs_for(spec, inputs)
     provided: dict[str, str] = {}

@@ -173,7 +173,7 @@ def sweep_summary(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     [{guidance_scale, saturation, iou_mean, volume_iou} (means over seeds)], saturation: [per-scale means, ascending
     scale], monotonic: bool}. ``iou_mean`` is the silhouette IoU over all views (metrics' ``iou_all_views``),
     ``volume_iou`` the volumetric IoU (``volume.iou``)."""
-    from distill3d.report.table import lookup
+    from distill3d.nested import lookup
 
     points = []
     for e in entries:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from distill3d.nested import lookup
 from flows.method_spec import Method
 from flows.methods import methods
 from flows.plan import is_toy_prompt
@@ -71,13 +72,6 @@ class Instance:
         return self.stage, self.section, self.prompt, tuple(sorted(self.inputs.items())), self.sets
 
 
-def _lookup(data: dict, dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 @dataclass(frozen=True)
 class Chain:
     """One method's chain to lay out: its prompt (a key of params.yaml's prompts), seed and overrides, where its
@@ -119,7 +113,7 @@ def instances(all_methods: Iterable[Method], prompts: dict[str, str], params: di
     found: dict[tuple, Instance] = {}
     for chain in chains(all_methods, prompts, params):
         method = chain.method
-        inputs = {i.name: _lookup(params, i.default) for i in method.inputs if i.default}
+        inputs = {i.name: lookup(params, i.default) for i in method.inputs if i.default}
         outs: dict[str, str] = {}
         for step in method.steps:
             if step.toy_only and not is_toy_prompt(prompts[chain.prompt_key]):

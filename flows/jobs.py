@@ -39,7 +39,8 @@ class Defaults:
     params_file: str | None = None
 
 
-def _merge(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def merge_sections(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-section overrides {section: {key: value}} layered left to right (a later layer's key wins)."""
     out: dict[str, dict[str, Any]] = {}
     for layer in layers:
         for section, values in layer.items():
@@ -55,7 +56,7 @@ def row_request(row: PromptRow, out_dir: Path, defaults: Defaults) -> AssetReque
     inputs = {k: v for k, v in defaults.inputs.items() if k in method.input_names}
     return AssetRequest(prompt=row.prompt, out=str(out_dir / row.name), method=method.name,
                         seed=row.seed if row.seed is not None else defaults.seed,
-                        params=_merge(defaults.params, shortcuts, row.overrides), inputs=inputs,
+                        params=merge_sections(defaults.params, shortcuts, row.overrides), inputs=inputs,
                         device=defaults.device, params_file=defaults.params_file)
 
 

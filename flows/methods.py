@@ -24,6 +24,18 @@ def _export(textured: str) -> Step:
     return Step("export_asset", {"mesh": textured}, "asset", "write mesh.glb, turntable.gif and views.png")
 
 
+def _nerf_to_asset(nerf: str, whose: str = "the NeRF's") -> tuple[Step, ...]:
+    """DreamFusion's tail after a NeRF step ``nerf``: mesh its density, bake its albedo, export, evaluate."""
+    return (
+        Step("extract_mesh", {"nerf": nerf}, "mesh",
+             f"marching cubes on {whose} density at an automatic level, largest component"),
+        Step("bake_texture", {"mesh": "extract_mesh", "nerf": nerf}, "textured",
+             f"UV-unwrap the mesh (xatlas) and bake {whose} albedo into its texture"),
+        _export("bake_texture"),
+        _evaluate(),
+    )
+
+
 DREAMFUSION = Method(
     name="dreamfusion",
     title="DreamFusion (Poole et al. 2022)",
@@ -34,12 +46,7 @@ DREAMFUSION = Method(
         Step("nerf_sds", {"prior": "prior"}, "field",
              "optimise a NeRF theta so its renders g(theta, c) from random cameras score well under the prior: "
              "grad = w(t) (eps_hat(x_t; y, t) - eps) dx/dtheta (score distillation, eq. 3)"),
-        Step("extract_mesh", {"nerf": "nerf_sds"}, "mesh",
-             "marching cubes on the NeRF's density at an automatic level, largest component"),
-        Step("bake_texture", {"mesh": "extract_mesh", "nerf": "nerf_sds"}, "textured",
-             "UV-unwrap the mesh (xatlas) and bake the NeRF's albedo into its texture"),
-        _export("bake_texture"),
-        _evaluate(),
+        *_nerf_to_asset("nerf_sds"),
     ),
     steps_param=("nerf_sds.optimize.steps",),
     guidance_param=("nerf_sds.guidance.guidance_scale",),
@@ -140,12 +147,7 @@ MVDREAM = Method(
         Step("nerf_sds", {"prior": "prior"}, "field", name="mv_nerf", section="mv_nerf",
              doc="a NeRF by multi-view SDS: each step 4 cameras 90 degrees apart (one random offset, shared "
                  "elevation / fov / distance), one t for the group, CFG with rescale, t annealed high to low"),
-        Step("extract_mesh", {"nerf": "mv_nerf"}, "mesh",
-             "marching cubes on the NeRF's density at an automatic level, largest component"),
-        Step("bake_texture", {"mesh": "extract_mesh", "nerf": "mv_nerf"}, "textured",
-             "UV-unwrap the mesh and bake the NeRF's albedo into its texture"),
-        _export("bake_texture"),
-        _evaluate(),
+        *_nerf_to_asset("mv_nerf"),
     ),
     steps_param=("mv_nerf.optimize.steps",),
     guidance_param=("mv_nerf.guidance.guidance_scale",),
@@ -159,12 +161,7 @@ VSD_NERF = Method(
     inputs=(PRIOR,),
     steps=(
         PROLIFICDREAMER.step("vsd_nerf"),
-        Step("extract_mesh", {"nerf": "vsd_nerf"}, "mesh",
-             "marching cubes on particle 0's density at an automatic level, largest component"),
-        Step("bake_texture", {"mesh": "extract_mesh", "nerf": "vsd_nerf"}, "textured",
-             "UV-unwrap the mesh and bake the NeRF's albedo into its texture"),
-        _export("bake_texture"),
-        _evaluate(),
+        *_nerf_to_asset("vsd_nerf", "particle 0's"),
     ),
     steps_param=("vsd_nerf.optimize.steps",),
     guidance_param=("vsd_nerf.guidance.guidance_scale",),

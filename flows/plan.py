@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from distill3d.nested import lookup
 from flows.method_spec import Method, Step
 from flows.methods import get_method
 from stages.core.keys import stage_key
@@ -47,15 +48,6 @@ def is_toy_prompt(prompt: str) -> bool:
     return True
 
 
-def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def resolve_inputs(method: Method, given: Mapping[str, str | Path] | None, params_file: Path | None
                    ) -> dict[str, Path]:
     """The method's input folders: those given, else their params.yaml default; StageError for an unknown or a
@@ -69,7 +61,7 @@ def resolve_inputs(method: Method, given: Mapping[str, str | Path] | None, param
     for spec in method.inputs:
         value = given.get(spec.name)
         if value is None and spec.default is not None:
-            value = _lookup(whole, spec.default) or _builtin_default(spec.default)
+            value = lookup(whole, spec.default) or _builtin_default(spec.default)
         if value is None:
             continue
         path = Path(value)

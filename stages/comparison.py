@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
+from distill3d.report.table import HEADLINE_METRICS
 from stages.core.protocol import StageParams
 from stages.shared.runs import RunSpec, points
 
@@ -27,10 +28,9 @@ NAME = "comparison"
 INPUTS = ("results",)
 ROLES_SKIPPED = ("runs", "comparison", "prior_checks")
 # The per-method summary: (column, metrics path); means over the method's default-prompt assets.
-SUMMARY = (("all-view IoU", "iou_all_views"), ("volumetric IoU", "volume.iou"), ("Chamfer", "chamfer.chamfer"),
-           ("colour error", "colour_error_lab"), ("normal error (deg)", "normals.error_deg"),
-           ("roughness (deg)", "normals.roughness_deg"), ("stripe energy / GT", "sharpness.stripe_energy_ratio"),
-           ("Janus rate", "janus.rate"), ("saturation excess", "saturation.excess"))
+SUMMARY = tuple((label, path) for _, path, label in HEADLINE_METRICS) + (
+    ("stripe energy / GT", "sharpness.stripe_energy_ratio"), ("Janus rate", "janus.rate"),
+    ("saturation excess", "saturation.excess"))
 
 
 class Params(StageParams):
@@ -117,10 +117,11 @@ def summary(data: dict[str, Any], ev) -> dict[str, dict[str, float | None]]:
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    from distill3d.nested import lookup
     from distill3d.report.claims import claims_markdown, judge
     from distill3d.report.html import write_report
     from distill3d.report.sweep import sweep_figure
-    from distill3d.report.table import format_value, lookup
+    from distill3d.report.table import format_value
 
     results = Path(inputs["results"])
     data = gather(results, params.runs)

@@ -17,15 +17,14 @@ from pathlib import Path
 
 from pydantic import Field
 
+from distill3d.report.table import HEADLINE_METRICS
 from stages.core.protocol import StageError, StageParams
 
 NAME = "report"
 INPUTS = ("assets", "metrics")
 # (summary key, dotted path into an evaluate metrics.json): geometry first, the all-view silhouette IoU the headline.
-SUMMARY_KEYS = (("iou_all_views", "iou_all_views"), ("volume_iou", "volume.iou"), ("chamfer", "chamfer.chamfer"),
-                ("colour_error_lab", "colour_error_lab"), ("normal_error_deg", "normals.error_deg"),
-                ("roughness_deg", "normals.roughness_deg"), ("iou_ring_mean", "iou_ring_mean"),
-                ("saturation", "saturation.mean"), ("saturation_excess", "saturation.excess"))
+SUMMARY_KEYS = tuple((key, path) for key, path, _ in HEADLINE_METRICS) + (
+    ("iou_ring_mean", "iou_ring_mean"), ("saturation", "saturation.mean"), ("saturation_excess", "saturation.excess"))
 
 
 class Params(StageParams):
@@ -51,8 +50,8 @@ def check(params: Params, inputs: dict[str, Path]) -> None:
 
 
 def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
+    from distill3d.nested import lookup
     from distill3d.report.html import write_report
-    from distill3d.report.table import lookup
 
     assets, metrics_dir = Path(inputs["assets"]), Path(inputs["metrics"])
     entries, summary = [], {}

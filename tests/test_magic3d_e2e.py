@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import TINY_ASSET_TAIL, TINY_MESH_TAIL
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = REPO / "models" / "toy_prior"
@@ -26,11 +27,7 @@ dmtet_refine:
   optimize: {steps: 3, render_size: 32, checkpoint_every: 1000}
   preview_views: 2
   preview_size: 16
-extract_mesh: {resolution: 32, match_views: 2, match_size: 32}
-bake_texture: {texture_size: 64}
-export_asset: {turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
-evaluate: {size: 32, n_ring: 4}
-"""
+""" + TINY_MESH_TAIL + TINY_ASSET_TAIL
 
 
 def generate(tmp_path: Path, method: str, *args: str) -> subprocess.CompletedProcess:

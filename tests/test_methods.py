@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distill3d.nested import lookup
 from flows.methods import methods
-from distill3d.report.table import lookup
 from stages.core.params import load_params
 from stages.core.protocol import all_inputs, get_stage
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TINY_ASSET_TAIL, TINY_MESH_TAIL
 
 from flows.plan import plan, resolve_chain
 from stages.core.execute import execute
@@ -22,11 +23,7 @@ mv_nerf:
   guidance: {kind: multiview, guidance_scale: 5.0}
   preview_views: 2
   preview_size: 16
-extract_mesh: {resolution: 32, match_views: 2, match_size: 32}
-bake_texture: {texture_size: 64}
-export_asset: {turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
-evaluate: {size: 32, n_ring: 4}
-"""
+""" + TINY_MESH_TAIL + TINY_ASSET_TAIL
 
 
 @pytest.mark.slow

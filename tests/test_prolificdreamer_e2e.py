@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import TINY_ASSET_TAIL
 
 from flows.plan import plan, resolve_chain
 from stages.core.execute import execute
@@ -35,9 +36,7 @@ vsd_texture:
   preview_views: 2
   preview_size: 16
 bake_texture: {texture_size: 64}
-export_asset: {turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
-evaluate: {size: 32, n_ring: 4}
-"""
+""" + TINY_ASSET_TAIL
 
 
 @pytest.mark.slow

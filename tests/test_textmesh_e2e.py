@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import TINY_ASSET_TAIL
 
 from flows.plan import plan, resolve_chain
 from stages.core.execute import execute
@@ -35,9 +36,7 @@ pseudo_gt:
   refine: {steps: 4, strength: 0.5}
 texture_finetune:
   finetune: {steps: 6, sds_view_pool: 4, ssaa: 1}
-export_asset: {turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
-evaluate: {size: 32, n_ring: 4}
-"""
+""" + TINY_ASSET_TAIL
 SHORTCUTS = {"sdf_nerf": {"optimize.steps": 12, "guidance.guidance_scale": 4.0}}  # --steps 12 --guidance-scale 4
 
 
@@ -104,8 +103,9 @@ def test_textmesh_end_to_end(tmp_path, monkeypatch) -> None:
     # A depth-conditioned model for the pseudo ground truth (the paper's SD 2 depth; here a tiny random one of the
     # same layout), given with --from-stage: the forced re-run still wires it into pseudo_gt (a regression: it was
     # dropped when re-planning), and the asset records it.
-    from stages.core.protocol import StageError
     from tiny_models import build_tiny_sd
+
+    from stages.core.protocol import StageError
 
     depth_sd = build_tiny_sd(tmp_path / "sd_depth", depth=True)
     r = generate(tmp_path, "--depth-prior", str(depth_sd), "--from-stage", "pseudo_gt", "--out", "with_depth")

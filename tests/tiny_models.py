@@ -22,6 +22,13 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TINY_MAX_LENGTH = 16  # the tokenizer pads to this, like CLIP's 77
 TINY_RESOLUTION = 16  # pixels; latents are 8 x 8
 TINY_TEXT_DIM = 16
+# The params.yaml tail of a tiny end-to-end run: the asset stages every method shares, at test sizes.
+TINY_MESH_TAIL = """extract_mesh: {resolution: 32, match_views: 2, match_size: 32}
+bake_texture: {texture_size: 64}
+"""
+TINY_ASSET_TAIL = """export_asset: {turntable_frames: 2, turntable_size: 32, views: 2, views_size: 32}
+evaluate: {size: 32, n_ring: 4}
+"""
 
 
 def _byte_symbols() -> list[str]:

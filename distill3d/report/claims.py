@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from distill3d.report.table import lookup
+from distill3d.nested import lookup
 
 REPRODUCED, NOT_REPRODUCED, MIXED, NO_DATA = "reproduced", "not reproduced", "mixed", "no data"
 SATURATION_EXCESS = 0.05  # saturation above the ground truth's that reads as over-saturated (metrics.suite's flag)

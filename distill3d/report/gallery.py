@@ -23,9 +23,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distill3d.report.html import (ASSET_MESH, VIEWER_CSS, VIEWER_MISSING, copy_viewer, slug, viewer_element,
-                                   viewer_scripts, write_glb_data)
-from distill3d.report.table import format_value, lookup
+from distill3d.nested import lookup
+from distill3d.report.html import (
+    ASSET_MESH,
+    VIEWER_CSS,
+    VIEWER_MISSING,
+    copy_viewer,
+    slug,
+    viewer_element,
+    viewer_scripts,
+    write_glb_data,
+)
+from distill3d.report.table import format_value
 
 LINKS = ("mesh.glb", "turntable.gif", "views.png", "metrics.json", "manifest.json")
 METRICS = (("IoU all views", "iou_all_views"), ("vol. IoU", "volume.iou"), ("Chamfer", "chamfer.chamfer"),

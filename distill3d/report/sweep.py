@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distill3d.report.table import lookup
+from distill3d.nested import lookup
 from distill3d.viz.grid import save_grid
 from distill3d.viz.images import to_uint8
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from distill3d.nested import lookup
+
 # (column header, dotted path into the dict of ``metrics.suite.evaluate_asset``, better: "high" / "low" / "zero").
 # Geometry first: silhouette IoU over every view (ring + top + bottom, the headline), volumetric IoU of the solid,
 # Chamfer, then colour, surface normals (degrees) and the rest; the ring-only IoU is kept as a secondary column.
@@ -27,16 +29,13 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("CLIP R-prec.", "clip_r_precision.r_precision", "high"),
 )
 MISSING = "–"
-
-
-def lookup(metrics: Mapping[str, Any] | None, path: str) -> Any:
-    """``metrics["a"]["b"]`` for path "a.b"; None when any step is missing."""
-    value: Any = metrics
-    for key in path.split("."):
-        if not isinstance(value, Mapping) or key not in value:
-            return None
-        value = value[key]
-    return value
+# The headline numbers a summary of many assets averages: (summary key, metrics path, label).
+HEADLINE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("iou_all_views", "iou_all_views", "all-view IoU"), ("volume_iou", "volume.iou", "volumetric IoU"),
+    ("chamfer", "chamfer.chamfer", "Chamfer"), ("colour_error_lab", "colour_error_lab", "colour error"),
+    ("normal_error_deg", "normals.error_deg", "normal error (deg)"),
+    ("roughness_deg", "normals.roughness_deg", "roughness (deg)"),
+)
 
 
 def format_value(value: Any) -> str:
