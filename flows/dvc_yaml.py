@@ -46,12 +46,18 @@ class Fixed:
     inputs: tuple[tuple[str, str], ...]
     out: str
     cache: bool = True
+    section: str | None = None  # its params.yaml section, when not the stage's name
 
 
 # The priors the methods read (params.yaml's prior.* paths), how they are made and checked.
 FIXED: tuple[Fixed, ...] = (
     Fixed("train_prior", "train_prior", (), "models/toy_prior", cache=False),
-    Fixed("check_prior", "check_prior", (("prior", "models/toy_prior"),), "data/prior_checks"),
+    Fixed("check_prior", "check_prior", (("prior", "models/toy_prior"),), "data/prior_checks/pixel"),
+    Fixed("train_latent_prior", "train_latent_prior", (), "models/toy_latent_prior", cache=False),
+    Fixed("check_latent_prior", "check_prior", (("prior", "models/toy_latent_prior"),), "data/prior_checks/latent",
+          section="check_latent_prior"),
+    Fixed("train_mv_prior", "train_mv_prior", (), "models/toy_mv_prior", cache=False),
+    Fixed("check_mv_prior", "check_mv_prior", (("prior", "models/toy_mv_prior"),), "data/prior_checks/multiview"),
 )
 
 
@@ -175,10 +181,11 @@ def _entry(stage: str, group: list[Instance]) -> dict[str, Any]:
 
 def _fixed(spec: Fixed) -> dict[str, Any]:
     ins = " ".join(f"--in {p}={path}" for p, path in spec.inputs)
-    cmd = f"python -m stages {spec.stage} --params {PARAMS} {ins} --out {spec.out}".replace("  ", " ")
+    section = f"--section {spec.section}" if spec.section else ""
+    cmd = f"python -m stages {spec.stage} --params {PARAMS} {section} {ins} --out {spec.out}".replace("  ", " ")
     out: Any = {spec.out: {"cache": False}} if not spec.cache else spec.out
     return {"cmd": cmd, "deps": code_files(get_stage(spec.stage)) + [path for _, path in spec.inputs],
-            "params": [spec.stage], "outs": [out]}
+            "params": [spec.section or spec.stage], "outs": [out]}
 
 
 def _report(method: str) -> dict[str, Any]:
