@@ -98,10 +98,22 @@ class Chain:
         return tuple(sorted(out))
 
 
-def chains(all_methods: Iterable[Method], prompts: dict[str, str], params: dict) -> list[Chain]:
-    """Every method on every prompt, then the comparison's runs (stages/shared/runs.py)."""
+def experiment_methods(all_methods: Iterable[Method], params: dict) -> list[Method]:
+    """The methods params.yaml's `methods` list runs on every prompt (default: every registered one)."""
     registered = {m.name: m for m in all_methods}
-    out = [Chain(m, key, m.name, key, f"{m.name}-{key}") for m in registered.values() for key in prompts]
+    names = params.get("methods") or list(registered)
+    if not isinstance(names, list) or any(n not in registered for n in names):
+        raise StageError(f"params.yaml `methods` must list method names, got {names!r}; known: "
+                         f"{', '.join(registered)}")
+    return [registered[n] for n in names]
+
+
+def chains(all_methods: Iterable[Method], prompts: dict[str, str], params: dict) -> list[Chain]:
+    """The experiment's methods on every prompt, then the comparison's runs (stages/shared/runs.py), which may use
+    any registered method."""
+    registered = {m.name: m for m in all_methods}
+    out = [Chain(m, key, m.name, key, f"{m.name}-{key}") for m in experiment_methods(registered.values(), params)
+           for key in prompts]
     for run, raw in ((params.get("comparison") or {}).get("runs") or {}).items():
         spec = RunSpec.model_validate(raw)
         if spec.method not in registered or spec.prompt not in prompts:
@@ -229,6 +241,7 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
     if not isinstance(prompts, dict) or not prompts:
         raise StageError(f"{params_file}: `prompts` must map names to prompts, e.g. red_cube: a red cube")
     registered = list(methods().values())
+    default = experiment_methods(registered, params)
     stages: dict[str, Any] = {spec.name: _fixed(spec) for spec in FIXED}
     by_stage: dict[str, list[Instance]] = {}
     for inst in instances(registered, {str(k): str(v) for k, v in prompts.items()}, params):
@@ -240,9 +253,9 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
         for i, part in enumerate(shapes.values()):
             name = part[0].section if part[0].section != stage else stage  # a method's own params: its own entry
             stages[name if name not in stages else f"{name}_{i + 1}"] = _entry(stage, part)
-    stages["report"] = {"foreach": [m.name for m in registered], "do": _report("${item}")}
-    stages["comparison"] = _comparison(registered, params)
-    table = "\n".join(f"#   {m.name:<13} " + " -> ".join(f"{s.name} ({s.role})" for s in m.steps) for m in registered)
+    stages["report"] = {"foreach": [m.name for m in default], "do": _report("${item}")}
+    stages["comparison"] = _comparison(default, params)
+    table = "\n".join(f"#   {m.name:<15} " + " -> ".join(f"{s.name} ({s.role})" for s in m.steps) for m in registered)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120, default_flow_style=False)
     return HEADER.format(table=table) + body
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.dvc_yaml import generate
+from flows.dvc_yaml import experiment_methods, generate
 from flows.methods import methods
 from stages.core.code import code_files
 from stages.core.protocol import get_stage
@@ -44,10 +44,15 @@ def test_dvc_yaml_is_what_the_definitions_generate() -> None:
         "dvc.yaml is out of date: run `python -m flows.dvc_yaml`"
 
 
-@pytest.mark.parametrize("method", sorted(methods()))
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+EXPERIMENT = [m.name for m in experiment_methods(methods().values(), PARAMS)]
+
+
+@pytest.mark.parametrize("method", EXPERIMENT)
 def test_each_methods_dvc_chain_is_its_definition(dvc_stages, method) -> None:
-    """For every prompt: the DVC stages that make the method's asset run the method's stages, each reading exactly
-    what the definition wires into it (outputs of its earlier steps) and writing data/<method>/<role>/<prompt>."""
+    """For every prompt and method of the experiment (params.yaml's `methods`): the DVC stages that make the method's
+    asset run the method's stages, each reading exactly what the definition wires into it (outputs of its earlier
+    steps) and writing data/<method>/<role>/<prompt>."""
     spec = methods()[method]
     prompts = yaml.safe_load((REPO / "params.yaml").read_text())["prompts"]
     by_out = {o: (name, cmd, deps) for name, cmd, deps, outs in dvc_stages for o in outs}
