@@ -50,6 +50,7 @@ $(STAMP): $(SETUP_DEPS)
 run: $(STAMP)
 	python -m flows.dvc_yaml   # dvc.yaml from the method definitions and params.yaml's prompts (no-op when current)
 	dvc repro
+	python -m flows.readme_claims   # README's claims table and per-method means from the metrics just made
 
 test: $(STAMP)
 	python -m pytest $(PYTEST_ARGS)
