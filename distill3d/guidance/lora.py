@@ -27,13 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import UNet2DConditionModel
-from diffusers.models.embeddings import TimestepEmbedding
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+
+# peft and diffusers are imported where a LoRA is made or saved, not at import: a stage that only validates its
+# guidance params (every optimising stage's Params hold the VSD choice) must not pay their import (~10 s on 2 cores).
 
 from distill3d.cameras import Cameras
 
@@ -61,6 +64,10 @@ class CameraLoRA:
 
     def __init__(self, unet: UNet2DConditionModel, rank: int = 4, alpha: float | None = None,
                  targets: Sequence[str] = ATTENTION_PROJECTIONS, adapter_name: str = "vsd"):
+        from diffusers.models.embeddings import TimestepEmbedding
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
+
         if getattr(unet, "peft_config", None):
             raise ValueError(f"the UNet already carries adapters {sorted(unet.peft_config)}: close() the other VSD "
                              "guidance on this prior first (or load the prior afresh)")
@@ -120,6 +127,8 @@ class CameraLoRA:
 
     def state_dict(self) -> dict:
         """{"lora": peft's adapter state (keys without the adapter name), "camera_mlp": ...}; tensors cloned."""
+        from peft import get_peft_model_state_dict
+
         self._check_open()
         lora = get_peft_model_state_dict(self.unet, adapter_name=self.name)
         return {"lora": {k: v.detach().clone() for k, v in lora.items()},
@@ -127,6 +136,8 @@ class CameraLoRA:
 
     def load_state_dict(self, state: dict) -> None:
         """Copy weights in place (the parameter objects, hence an optimiser over them, stay valid)."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
         self._check_open()
         own = get_peft_model_state_dict(self.unet, adapter_name=self.name)
         if set(own) != set(state["lora"]) or any(own[k].shape != v.shape for k, v in state["lora"].items()):
