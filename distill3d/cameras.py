@@ -204,3 +204,22 @@ def world_to_clip(points: torch.Tensor, cams: Cameras, near: float = 0.1, far: f
     P = projection_matrix(cams.fov, near, far)
     homog = torch.cat([points, torch.ones_like(points[:, :1])], dim=-1)  # (N, 4)
     return torch.einsum("bij,bjk,nk->bni", P, w2c, homog)
+
+
+def sample_multiview_cameras(
+    n_groups: int, n_views: int = 4, dist: CameraDistribution = CameraDistribution(),
+    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+) -> Cameras:
+    """Groups of cameras as MVDream samples them (Shi et al. 2023, sec. 3.1 and 3.3): per group one random azimuth
+    offset a0 ~ U(dist.azimuth) and the ``n_views`` azimuths a0 + 360 k / n_views (k = 0 .. n_views - 1, so 90 degrees
+    apart for 4 views, in increasing order), sharing one elevation, radius and fov drawn from ``dist`` the way
+    ``sample_cameras`` draws them (elevation uniform in sin over the band, plus the overhead mass).
+
+    Returns n_groups * n_views cameras, group-major: cameras [g * n_views, (g + 1) * n_views) are group g, the layout a
+    multi-view prior (``Prior.views_per_sample``) reads. Azimuths are wrapped to [-180, 180).
+    """
+    one = sample_cameras(n_groups, dist, generator=generator)  # per group: offset, elevation, radius, fov
+    steps = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
+    az = (one.azimuth[:, None] + steps[None, :] + 180.0) % 360.0 - 180.0
+    rep = lambda x: x[:, None].expand(n_groups, n_views).reshape(-1)  # noqa: E731
+    return spherical_cameras(az.reshape(-1), rep(one.elevation), rep(one.radius), rep(one.fov), device=device)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from flows.method_spec import Method, MethodInput, Step
 from stages.core.protocol import StageError
 
-PRIOR = MethodInput("prior", "the text-to-image prior: the toy prior folder or a local diffusers Stable Diffusion "
-                    "folder", default="prior.path", option="--prior", made_by="train_prior")
+PRIOR = MethodInput("prior", "the text-to-image prior: the toy prior folder, a local diffusers Stable Diffusion "
+                    "folder or a DeepFloyd IF stage I folder", default="prior.path", option="--prior",
+                    made_by="train_prior")
 
 
 def _evaluate(asset: str = "export_asset") -> Step:

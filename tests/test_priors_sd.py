@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,14 @@ from distill3d.priors.base import PriorError
 from distill3d.priors.loading import load_prior
 from distill3d.priors.base import to_epsilon
 from distill3d.priors.stable_diffusion import StableDiffusionPrior
-from tiny_models import TINY_MAX_LENGTH, TINY_RESOLUTION, TINY_TEXT_DIM, build_tiny_sd
+from tiny_models import TINY_MAX_LENGTH, TINY_RESOLUTION, TINY_TEXT_DIM, build_tiny_sd, refuse_network
 
 
 @pytest.fixture(scope="module")
 def no_network():
     """Any attempt to open a network connection fails the test (the hub must never be contacted)."""
 
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket, "create_connection", refuse)
+    with refuse_network():
         yield
 
 

@@ -2,12 +2,16 @@
 
 ``build_tiny_sd(path)`` writes a Stable Diffusion folder in diffusers layout (``model_index.json``, ``unet/``,
 ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) with the real classes, so loading code is exercised
-exactly as on SD 1.5 / 2.1, only with 16 px images, 8 px latents and 16-d text embeddings.
+exactly as on SD 1.5 / 2.1, only with 16 px images, 8 px latents and 16-d text embeddings. ``build_tiny_if(path)``
+writes a DeepFloyd IF stage I folder the same way (16 px pixel-space UNet with IF's block types, a tiny T5).
+``refuse_network()`` makes any connection attempt fail the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -193,4 +197,69 @@ def build_tiny_clip(path: str | Path, seed: int = 0, image_size: int = 32) -> Pa
         projection_dim=TINY_TEXT_DIM,
     )
     CLIPModel(config).save_pretrained(str(path))
+    return path
+
+
+@contextlib.contextmanager
+def refuse_network():
+    """Within the block, any attempt to open a network connection fails the test (no hub may be contacted)."""
+    import pytest
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        yield
+
+
+def build_tiny_t5_tokenizer(words: tuple[str, ...] = TINY_WORDS):
+    """A ``T5Tokenizer`` (transformers' tokenizers-backed Unigram, T5's special tokens and Metaspace pre-tokenizer)
+    over a tiny vocabulary: whole-word pieces for ``words``, single letters and punctuation for anything else."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # T5's ids: pad 0, eos 1, unk 2
+    pieces += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.'-"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_tiny_if(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random DeepFloyd IF stage I pipeline at ``path`` (created) with ``IFPipeline.save_pretrained`` and
+    return it: model_index.json ("IFPipeline"; safety_checker, feature_extractor and watermarker null), a T5 tokenizer
+    (``build_tiny_t5_tokenizer``), a 1-layer ``T5EncoderModel`` of width ``TINY_TEXT_DIM``, a
+    ``UNet2DConditionModel`` of IF's kind (ResNet-downsample / simple cross-attention blocks, T5 projection, pooled
+    text embedding, scale-shift norms, 3 -> 6 channels: epsilon + learned variance) over ``TINY_RESOLUTION`` px, and
+    IF's DDPMScheduler (cosine, epsilon, learned_range). Shapes follow diffusers' own IF pipeline tests.
+    Deterministic for a given seed."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        norm_num_groups=4, cross_attention_dim=32,  # 32: the cross-attention group norm has 32 groups
+        encoder_hid_dim=TINY_TEXT_DIM, attention_head_dim=8, addition_embed_type="text",
+        addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+        variance_type="learned_range", thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5,
+    )
+    IFPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, watermarker=None, requires_safety_checker=False,
+    ).save_pretrained(str(path))
     return path

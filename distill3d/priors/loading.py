@@ -2,6 +2,12 @@
 
 * ``prior.json`` with ``"kind": "toy"`` -> ``distill3d.priors.toy.ToyPrior`` (``models/toy_prior`` from
   ``dvc repro train_prior``);
+* ``prior.json`` with ``"kind": "toy_multiview"`` -> ``distill3d.priors.multiview.MultiViewToyPrior`` (MVDream on the
+  toy world, ``models/toy_mv_prior`` from the ``train_mv_prior`` stage);
+* ``prior.json`` with ``"kind": "mvdream"`` -> ``distill3d.priors.mvdream.MVDreamPrior`` (the released MVDream weights,
+  converted by ``distill3d.priors.mvdream.convert_mvdream_checkpoint``);
+* ``model_index.json`` naming an IF pipeline -> ``distill3d.priors.deepfloyd_if.IFPrior`` (DeepFloyd IF stage I,
+  e.g. ``DeepFloyd/IF-I-XL-v1.0``: a 64 x 64 pixel prior);
 * ``unet/`` and ``vae/`` subfolders -> ``StableDiffusionPrior`` (a diffusers-layout SD 1.x / 2.x folder).
 """
 
@@ -56,7 +62,21 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu", dtype: torc
             from distill3d.priors.toy import ToyPrior
 
             return ToyPrior.load(path, device)
-        raise PriorError(f"{manifest} names kind {kind!r}; the only kind with a prior.json is 'toy' ({TOY_HINT})")
+        if kind == "toy_multiview":
+            from distill3d.priors.multiview import MultiViewToyPrior
+
+            return MultiViewToyPrior.load(path, device)
+        if kind == "mvdream":
+            from distill3d.priors.mvdream import MVDreamPrior
+
+            return MVDreamPrior(path, device=device, dtype=dtype)
+        raise PriorError(f"{manifest} names kind {kind!r}; the kinds with a prior.json are 'toy', 'toy_multiview' and"
+                         f" 'mvdream' ({TOY_HINT})")
+
+    from distill3d.priors.deepfloyd_if import IFPrior, is_if_folder
+
+    if is_if_folder(path):
+        return IFPrior(path, device=device, dtype=dtype)
 
     if (path / "unet").is_dir() and (path / "vae").is_dir():
         from distill3d.priors.stable_diffusion import StableDiffusionPrior
@@ -68,4 +88,5 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu", dtype: torc
         f" `dvc repro train_prior`)"
         f" or a diffusers-layout Stable Diffusion folder with unet/ vae/ text_encoder/ tokenizer/ scheduler/"
         f" (e.g. from StableDiffusionPipeline.save_pretrained)"
+        f" or a DeepFloyd IF stage I folder (model_index.json naming IFPipeline, e.g. DeepFloyd/IF-I-XL-v1.0)"
     )
