@@ -64,11 +64,24 @@ def read_params_file(params_file: Path) -> dict:
     return data
 
 
-def format_validation_error(exc: ValidationError, section: str) -> str:
-    """One line naming each bad field path, e.g. 'invalid param nerf_sds.guidance.scale: ... (got -1)'."""
+def _written_path(loc: tuple, data: Any) -> list:
+    """Pydantic's error location as the user wrote it: a tagged union's tag (the "sds" of guidance.sds.guidance_scale,
+    for guidance kind sds) is no key of the data, so it is left out."""
+    out, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part not in node and i < len(loc) - 1:
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return out
+
+
+def format_validation_error(exc: ValidationError, section: str, data: Any = None) -> str:
+    """One line naming each bad field path as written in ``data`` (the section's values), e.g.
+    'invalid param nerf_sds.guidance.guidance_scale: ... (got -1)'."""
     parts = []
     for err in exc.errors():
-        path = ".".join([section, *(str(p) for p in err["loc"])])
+        path = ".".join([section, *(str(p) for p in _written_path(err["loc"], data))])
         got = err.get("input")
         shown = "" if err["type"] == "missing" else repr(got) if isinstance(got, str) else str(got)
         shown = " ".join(shown.split())
@@ -82,7 +95,7 @@ def validate_params(stage_module: ModuleType, data: Mapping, section: str | None
     try:
         return stage_module.Params.model_validate(dict(data))
     except ValidationError as exc:
-        raise StageError(format_validation_error(exc, section or stage_module.NAME)) from None
+        raise StageError(format_validation_error(exc, section or stage_module.NAME, data)) from None
 
 
 def load_params(
