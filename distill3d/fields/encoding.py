@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from distill3d.fields import hashgrid_cpu
+from distill3d.fields.jacobian import SpatialJacobian
 
 _PRIMES = (1, 2654435761, 805459861)
 
@@ -188,12 +189,18 @@ class HashGridEncoding(nn.Module):
         Computed with the features in one pass over the gathered corners, without autograd: normals and the
         eikonal term then need only first-order autograd through the table (no double backward, which dominated
         the distillation step on CPU)."""
+        feats, jac = self.forward_with_jacobian(x)
+        return feats, jac.dense()
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, SpatialJacobian]:
+        """``forward_with_grad`` with the derivatives as a ``SpatialJacobian`` (the unit-cube derivatives and the
+        per-point world-unit factor apart: the fields contract them before scaling)."""
         if self._use_native(x):
             x01, inside, scale = self._normalise(x.detach())
             feats, d01 = hashgrid_cpu.HashGridFunction.apply(self.table, x01.contiguous(), self._grid_meta(), True)
-            return feats, d01 * (inside.to(d01.dtype) * scale)[:, None, None]
+            return feats, SpatialJacobian(d01, inside.to(d01.dtype) * scale)
         value, grad, inside = self._all_levels(x, with_grad=True)
         n = x.shape[0]
         feats = value.permute(2, 1, 0).reshape(n, self.output_dim)
-        jac = grad.permute(3, 0, 2, 1).reshape(n, 3, self.output_dim) * inside[:, None, None].to(grad.dtype)
-        return feats, jac
+        jac = grad.permute(3, 0, 2, 1).reshape(n, 3, self.output_dim)
+        return feats, SpatialJacobian(jac, inside.to(grad.dtype))

@@ -264,6 +264,38 @@ void backward_dispatch(const Grid& g, const T* x, const T* res, const T* gf, con
   backward_impl<T, 0>(g, x, res, gf, gd, gt, mode);
 }
 
+// out (n, 3) = sum_j jac (n, 3, d) * v (n, d): the spatial gradient of a scalar read through the features.
+template <typename T>
+void contract_impl(int64_t n, int d, const T* jac, const T* v, T* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T* vi = v + i * d;
+    for (int k = 0; k < 3; ++k) {
+      const T* ji = jac + (i * 3 + k) * d;
+      T s = 0;
+      for (int j = 0; j < d; ++j) s += ji[j] * vi[j];
+      out[i * 3 + k] = s;
+    }
+  }
+}
+
+// Its backward for g (n, 3): grad_jac = g (x) v (n, 3, d), grad_v = sum_k g_k jac_k (n, d); either may be null.
+template <typename T>
+void contract_backward_impl(int64_t n, int d, const T* jac, const T* v, const T* g, T* grad_jac, T* grad_v) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T* vi = v + i * d;
+    const T* gi = g + i * 3;
+    if (grad_jac)
+      for (int k = 0; k < 3; ++k)
+        for (int j = 0; j < d; ++j) grad_jac[(i * 3 + k) * d + j] = gi[k] * vi[j];
+    if (grad_v)
+      for (int j = 0; j < d; ++j)
+        grad_v[i * d + j] = gi[0] * jac[(i * 3) * d + j] + gi[1] * jac[(i * 3 + 1) * d + j] +
+                            gi[2] * jac[(i * 3 + 2) * d + j];
+  }
+}
+
 Grid make_grid(int64_t n, int64_t m, int64_t s_f, int64_t s_m, int f, int l, int n_dense, uint32_t hash_mask,
                const int64_t* offsets, const int64_t* strides) {
   Grid g;
@@ -303,6 +335,13 @@ int d3hg_max_threads() { return omp_get_max_threads(); }  // the OpenMP thread c
     } catch (...) {                                                                                          \
       return -1;                                                                                             \
     }                                                                                                        \
+  }                                                                                                          \
+  void d3hg_contract_##SUFFIX(int64_t n, int d, const T* jac, const T* v, T* out) {                           \
+    contract_impl<T>(n, d, jac, v, out);                                                                     \
+  }                                                                                                          \
+  void d3hg_contract_backward_##SUFFIX(int64_t n, int d, const T* jac, const T* v, const T* g, T* grad_jac,   \
+                                       T* grad_v) {                                                          \
+    contract_backward_impl<T>(n, d, jac, v, g, grad_jac, grad_v);                                            \
   }
 
 D3HG_DEFINE(f32, float)
@@ -361,6 +400,10 @@ def _bind(path: Path) -> ctypes.CDLL:
         bwd = getattr(lib, f"d3hg_backward_{s}")
         bwd.argtypes = [i64, p, p, i64, i64, i64, i32, i32, i32, u32, p, p, p, p, p, i32]
         bwd.restype = i32
+        getattr(lib, f"d3hg_contract_{s}").argtypes = [i64, i32, p, p, p]
+        getattr(lib, f"d3hg_contract_{s}").restype = None
+        getattr(lib, f"d3hg_contract_backward_{s}").argtypes = [i64, i32, p, p, p, p, p]
+        getattr(lib, f"d3hg_contract_backward_{s}").restype = None
     return lib
 
 
@@ -565,3 +608,41 @@ class HashGridFunction(torch.autograd.Function):
         dtype = x01.dtype
         grad_table = backward(x01, ctx.table_shape, dtype, ctx.meta, grad_out, grad_dout)
         return grad_table, None, None, None
+
+
+class ContractFunction(torch.autograd.Function):
+    """``apply(jac, v)``: (N, 3, D) . (N, D) -> (N, 3), the spatial gradient of a scalar whose gradient w.r.t. the
+    features is v, in one pass (torch's broadcast multiply + sum and their backward cost 4x more here);
+    differentiable w.r.t. both (first order). Both contiguous, of the kernels' dtype."""
+
+    @staticmethod
+    def forward(ctx, jac: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("native hash-grid kernels are unavailable")
+        jac, v = jac.contiguous(), v.to(jac.dtype).contiguous()
+        n, d = v.shape
+        if jac.shape != (n, 3, d):
+            raise ValueError(f"contract: jac {tuple(jac.shape)} does not match v {tuple(v.shape)}")
+        out = torch.empty(n, 3, dtype=jac.dtype)
+        torch.get_num_threads()
+        fn = lib.d3hg_contract_f32 if jac.dtype == torch.float32 else lib.d3hg_contract_f64
+        if n:
+            fn(n, d, _ptr(jac), _ptr(v), _ptr(out))
+        ctx.save_for_backward(jac, v)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        jac, v = ctx.saved_tensors
+        need_jac, need_v = ctx.needs_input_grad[:2]
+        n, d = v.shape
+        grad_jac = torch.empty_like(jac) if need_jac else None
+        grad_v = torch.empty_like(v) if need_v else None
+        if n and (need_jac or need_v):
+            torch.get_num_threads()
+            fn = library().d3hg_contract_backward_f32 if jac.dtype == torch.float32 else \
+                library().d3hg_contract_backward_f64
+            fn(n, d, _ptr(jac), _ptr(v), _ptr(g.to(jac.dtype).contiguous()), _ptr(grad_jac), _ptr(grad_v))
+        return grad_jac, grad_v

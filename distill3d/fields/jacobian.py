@@ -1,17 +1,48 @@
 """The spatial gradient of a field's MLP output without autograd's double backward (normals and the eikonal term):
 the MLP's input gradient of its output 0 by one reverse pass through a Linear/ReLU stack, contracted with the
-encoding's spatial derivatives (``HashGridEncoding.forward_with_grad``)."""
+encoding's spatial derivatives (``HashGridEncoding.forward_with_jacobian``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from distill3d.fields import hashgrid_cpu
 
-def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: torch.Tensor
+
+@dataclass(frozen=True)
+class SpatialJacobian:
+    """d features / d x (N, 3, D) as ``raw`` times a per-point factor ``scale`` (N,) (None: 1): the encoding's
+    derivatives in its unit cube, with the chain rule to world units and the zero outside the box kept apart, so
+    they multiply the (N, 3) contraction instead of the (N, 3, D) tensor (and its gradient)."""
+
+    raw: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    def dense(self) -> torch.Tensor:
+        """d features / d x (N, 3, D)."""
+        return self.raw if self.scale is None else self.raw * self.scale[:, None, None]
+
+    def contract(self, v: torch.Tensor) -> torch.Tensor:
+        """sum_d jac[:, :, d] * v[:, d] (N, 3) for v (N, D): the spatial gradient of a scalar whose gradient w.r.t.
+        the features is v. On CPU one fused native pass (``hashgrid_cpu.ContractFunction``) when the kernels are
+        available, else torch's broadcast multiply and sum."""
+        raw = self.raw
+        if (raw.device.type == "cpu" and raw.dtype in (torch.float32, torch.float64) and raw.dtype == v.dtype
+                and hashgrid_cpu.available()):
+            out = hashgrid_cpu.ContractFunction.apply(raw, v)
+        else:
+            out = (raw * v.unsqueeze(1)).sum(-1)
+        return out if self.scale is None else out * self.scale[:, None]
+
+
+def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: SpatialJacobian | torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``mlp(features)`` (N, O) and d output[:, 0] / d x (N, 3), given the features (N, D) and their derivatives
-    d features / d x (N, 3, D). ``mlp`` is a sequence of ``nn.Linear`` and ``nn.ReLU`` ending in a Linear.
+    d features / d x (a ``SpatialJacobian`` or a dense (N, 3, D) tensor). ``mlp`` is a sequence of ``nn.Linear``
+    and ``nn.ReLU`` ending in a Linear.
 
     Output 0 is one number per point, so its input gradient is one reverse pass (v <- v W through a Linear,
     v <- v * 1[z > 0] through a ReLU, from v = the last layer's row 0): d out0 / d features (N, D), then contracted
@@ -33,4 +64,5 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: torch.T
     v = layers[-1].weight[:1].expand(features.shape[0], -1)  # d out0 / d (last layer's input), (N, H)
     for layer in reversed(layers[:-1]):
         v = v * masks.pop() if isinstance(layer, nn.ReLU) else v @ layer.weight
-    return h, (jac * v.unsqueeze(1)).sum(-1)  # (N, 3, D) . (N, D) -> (N, 3)
+    jac = jac if isinstance(jac, SpatialJacobian) else SpatialJacobian(jac)
+    return h, jac.contract(v)  # (N, 3, D) . (N, D) -> (N, 3)

@@ -129,7 +129,7 @@ class RadianceField(nn.Module):
     def _raw_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3) -> pre-activation density (N,), albedo logits (N, 3) and the density's spatial gradient (N, 3)
         (analytic, first-order differentiable: no double backward)."""
-        feats, jac = self.encoding.forward_with_grad(x)
+        feats, jac = self.encoding.forward_with_jacobian(x)
         h, grad = mlp_with_input_grad(self.mlp, feats, jac)
         return h[:, 0] + self.density_bias(x), h[:, 1:], grad + self.density_bias_grad(x)
 

@@ -132,7 +132,7 @@ class SDFField(nn.Module):
     def _raw_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3) -> signed distance (N,), albedo logits (N, 3) and grad_x s (N, 3): analytic, first-order
         differentiable (no double backward)."""
-        feats, jac = self.encoding.forward_with_grad(x)
+        feats, jac = self.encoding.forward_with_jacobian(x)
         h, grad = mlp_with_input_grad(self.mlp, feats, jac)
         if self.cfg.init == "sphere":
             grad = grad + x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
