@@ -39,6 +39,12 @@ def _module(cmd) -> str:
     return shlex.split(cmd if isinstance(cmd, str) else cmd[0])[3]  # python -m stages NAME ...
 
 
+def _section(cmd) -> str:
+    """The params section a stage's command reads (`--section S`, else the stage's name)."""
+    words = shlex.split(cmd if isinstance(cmd, str) else cmd[0])
+    return words[words.index("--section") + 1] if "--section" in words else words[3]
+
+
 def test_dvc_yaml_is_what_the_definitions_generate() -> None:
     assert (REPO / "dvc.yaml").read_text() == generate(REPO / "params.yaml"), \
         "dvc.yaml is out of date: run `python -m flows.dvc_yaml`"
@@ -61,7 +67,7 @@ def test_each_methods_dvc_chain_is_its_definition(dvc_stages, method) -> None:
         for step in spec.steps:
             out = next((o for o in by_out if o in (f"data/{m}/{step.role}/{prompt}" + (".json" if step.output ==
                                                    "metrics" else "") for m in methods())
-                        and _module(by_out[o][1]) == step.stage
+                        and _module(by_out[o][1]) == step.stage and _section(by_out[o][1]) == step.section
                         and all(made.get(src, "?") in by_out[o][2] for src in step.inputs.values() if src in made)),
                        None)
             assert out is not None, f"{method}/{prompt}: no DVC stage runs {step.name} on the definition's inputs"
@@ -73,9 +79,9 @@ def test_each_methods_dvc_chain_is_its_definition(dvc_stages, method) -> None:
 
 
 def test_a_stage_is_one_dvc_entry_and_shared_computations_are_one_instance(dvc_stages) -> None:
-    entries = defaultdict(set)  # stage module -> dvc.yaml entries that run it
+    entries = defaultdict(set)  # (stage module, params section) -> dvc.yaml entries that run it
     for name, cmd, _, _ in dvc_stages:
-        entries[_module(cmd)].add(name.partition("@")[0])
+        entries[_module(cmd), _section(cmd)].add(name.partition("@")[0])
     assert all(len(e) == 1 for e in entries.values()), entries
     outs = [o for *_, stage_outs in dvc_stages for o in stage_outs]
     assert len(outs) == len(set(outs))
@@ -120,7 +126,9 @@ def test_a_texture_param_reaches_only_the_texture_stages_downstream() -> None:
         assert readers == {f"texture_finetune@{k}" for k in prompts}
         for k in prompts:
             downstream = {s.name for s in nx.ancestors(graph, by_name[f"texture_finetune@{k}"])}  # edges: to deps
-            assert downstream == {f"export_asset@textmesh-{k}", f"evaluate@textmesh-{k}", "report@textmesh"}
+            comparison = {"comparison"} & set(by_name)  # the methods' comparison reads every method's metrics
+            assert downstream == {f"export_asset@textmesh-{k}", f"evaluate@textmesh-{k}", "report@textmesh",
+                                  *comparison}
 
 
 @pytest.mark.slow

@@ -6,6 +6,10 @@ A UNet with one input channel more than the latents is SD 2 depth's (``stable-di
 then ``depth_conditioned`` and concatenates the views' depth to every UNet input, as diffusers'
 ``StableDiffusionDepth2ImgPipeline`` does with its estimated depth (its ``depth_estimator/`` is not needed: the
 renderer knows the depth).
+A folder whose ``model_index.json`` marks it as trained on the toy world (``distill3d.priors.toy_world``: the
+project's own latent prior, ``models/toy_latent_prior``) loads the same way; the prior then reads prompts as the toy
+world does (unknown words are errors, captions normalised to the training grammar, textureless prompt "a white
+<shape>"). Its word-level tokenizer loads through ``AutoTokenizer`` like SD's CLIP tokenizer.
 Ideas follow the diffusers pipelines (prompt encoding, VAE scaling) and threestudio's stable_diffusion_guidance
 (frozen modules, fp16 UNet with fp32 guidance maths).
 """
@@ -22,6 +26,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from distill3d.priors.base import Conditioning, Prior, PriorError, to_epsilon  # noqa: E402
+from distill3d.priors.toy_world import (  # noqa: E402
+    TOY_WORLD, folder_world, toy_captions, toy_prompt_error, toy_textureless_prompt,
+)
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -44,7 +51,8 @@ class StableDiffusionPrior(Prior):
 
     Attributes beyond ``Prior``: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (a
     DDPMScheduler built from the folder's scheduler config, whatever class it names), ``prediction_type``,
-    ``dtype`` (of the modules), ``latent_sample`` (encode with a posterior sample rather than its mean).
+    ``dtype`` (of the modules), ``latent_sample`` (encode with a posterior sample rather than its mean),
+    ``world`` ("toy" for a folder trained on the toy world, else None).
     All modules are frozen (``requires_grad=False``) and in eval mode; gradients still flow through them to
     inputs (``encode_images`` is differentiable w.r.t. the images).
     """
@@ -60,7 +68,7 @@ class StableDiffusionPrior(Prior):
     ) -> None:
         """Load from ``path``. dtype defaults to fp16 on CUDA and fp32 elsewhere (fp16 on CPU is refused)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import AutoTokenizer, CLIPTextModel
 
         self.path = Path(path)
         self.device = torch.device(device)
@@ -82,7 +90,8 @@ class StableDiffusionPrior(Prior):
             return str(self.path / name)
 
         try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
+            # The class named in tokenizer_config.json: CLIPTokenizer for SD, the toy world's word-level one.
+            self.tokenizer = AutoTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
             self.text_encoder = CLIPTextModel.from_pretrained(
                 sub("text_encoder"), local_files_only=True, dtype=dtype,
                 variant=_weights_variant(self.path / "text_encoder"),
@@ -115,12 +124,22 @@ class StableDiffusionPrior(Prior):
             raise PriorError(f"{self.path}: the UNet takes {self.unet.config.in_channels} input channels, the VAE "
                              f"gives {self.latent_channels}: expected equal (text-to-image) or one more (SD 2 depth)")
         self.depth_conditioned = extra == 1
+        self.world = folder_world(self.path)
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_error(self, prompt: str) -> str | None:
+        return toy_prompt_error(prompt) if self.world == TOY_WORLD else None
+
+    def textureless_prompt(self, prompt: str) -> str:
+        return toy_textureless_prompt(prompt) if self.world == TOY_WORLD else prompt
 
     # ------------------------------------------------------------------ text
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """prompts -> (B, L, D) CLIP last hidden states, L = tokenizer max length (77 for SD), fp32."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if self.world == TOY_WORLD:  # the training grammar's captions; PriorError for unknown words
+            prompts = toy_captions(list(prompts))
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         )
@@ -191,7 +210,7 @@ class StableDiffusionPrior(Prior):
         return (
             f"StableDiffusionPrior(path={str(self.path)!r}, device={self.device}, dtype={self.dtype}, "
             f"resolution={self.resolution}, prediction_type={self.prediction_type!r}, "
-            f"depth_conditioned={self.depth_conditioned})"
+            f"depth_conditioned={self.depth_conditioned}, world={self.world!r})"
         )
 
 

@@ -20,9 +20,11 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from pydantic import BaseModel, ConfigDict
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
-from distill3d.priors.base import Conditioning, Prior, PriorError, to_epsilon
+from distill3d.priors.base import Conditioning, Prior, to_epsilon
 from distill3d.priors.text import build_text_encoder, build_tokenizer
-from distill3d.toyworld.vocab import VIEWS, ObjectSpec, PromptError, check_prompt, parse_prompt, tokenize_words
+from distill3d.priors.toy_world import (  # noqa: F401  (canonical_caption: re-exported, it used to live here)
+    canonical_caption, toy_captions, toy_prompt_error, toy_textureless_prompt,
+)
 
 
 class ToyPriorArchitecture(BaseModel):
@@ -33,7 +35,10 @@ class ToyPriorArchitecture(BaseModel):
     resolution: int = 32
     block_out_channels: tuple[int, ...] = (32, 48, 64)
     cross_attention_levels: tuple[bool, ...] = (False, False, True)  # cross-attention only where it is cheap
-    layers_per_block: int = 1
+    # Self-attention only (diffusers AttnDownBlock2D / AttnUpBlock2D: no cross-attention, no feed-forward) at
+    # levels without cross-attention: global context at a resolution where full transformer blocks are too slow.
+    self_attention_levels: tuple[bool, ...] = (False, False, False)
+    layers_per_block: int | tuple[int, ...] = 1
     text_width: int = 64
     text_layers: int = 2
     max_length: int = 16
@@ -41,11 +46,20 @@ class ToyPriorArchitecture(BaseModel):
     beta_schedule: str = "squaredcos_cap_v2"
 
 
-def build_unet(arch: ToyPriorArchitecture) -> UNet2DConditionModel:
-    down = tuple("CrossAttnDownBlock2D" if x else "DownBlock2D" for x in arch.cross_attention_levels)
-    up = tuple("CrossAttnUpBlock2D" if x else "UpBlock2D" for x in reversed(arch.cross_attention_levels))
+def block_types(cross: tuple[bool, ...], self_attention: tuple[bool, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """diffusers (down_block_types, up_block_types) for per-level cross-attention / self-attention flags."""
+    selfs = tuple(self_attention) + (False,) * (len(cross) - len(self_attention))
+    kinds = ["CrossAttn" if c else ("Attn" if a else "") for c, a in zip(cross, selfs)]
+    return tuple(f"{k}DownBlock2D" for k in kinds), tuple(f"{k}UpBlock2D" for k in reversed(kinds))
+
+
+def build_unet(arch: ToyPriorArchitecture, channels: int = 3, sample_size: int | None = None) -> UNet2DConditionModel:
+    """The toy UNet over ``channels``-channel inputs (3: pixels; a VAE's latent channels for the latent prior) of
+    ``sample_size`` (default ``arch.resolution``) pixels."""
+    down, up = block_types(arch.cross_attention_levels, arch.self_attention_levels)
     return UNet2DConditionModel(
-        sample_size=arch.resolution, in_channels=3, out_channels=3, layers_per_block=arch.layers_per_block,
+        sample_size=sample_size or arch.resolution, in_channels=channels, out_channels=channels,
+        layers_per_block=arch.layers_per_block,
         block_out_channels=arch.block_out_channels, down_block_types=down, up_block_types=up,
         cross_attention_dim=arch.text_width, attention_head_dim=8, norm_num_groups=16,
         # Pooled text embedding added to the time embedding: global colour/shape conditioning at every level.
@@ -58,15 +72,6 @@ def build_scheduler(arch: ToyPriorArchitecture) -> DDPMScheduler:
         num_train_timesteps=1000, beta_schedule=arch.beta_schedule, prediction_type=arch.prediction_type,
         clip_sample=False,
     )
-
-
-def canonical_caption(prompt: str) -> str:
-    """Normalise a toy prompt to the training grammar ("a cube, front view" -> "a white cube, front view")."""
-    if not prompt.strip():
-        return ""
-    words = tokenize_words(prompt)
-    views = [w for w in words if w in VIEWS]
-    return parse_prompt(prompt).caption(views[-1] if views else None)
 
 
 class ToyPrior(Prior):
@@ -131,30 +136,15 @@ class ToyPrior(Prior):
 
     # -- Prior interface ---------------------------------------------------------------------------------------
     def prompt_error(self, prompt: str) -> str | None:
-        try:
-            check_prompt(prompt)
-            parse_prompt(prompt)
-        except PromptError as e:
-            return str(e)
-        return None
+        return toy_prompt_error(prompt)
 
     def textureless_prompt(self, prompt: str) -> str:
-        """The toy world renders a white plain object under the same Lambertian light as DreamFusion's
-        textureless shading, so the textureless prompt is the shape in white, without stripes or face (both are
-        albedo). Measured (green cone, guidance 10, 1000 steps, ring IoU of the field's opacity): scoring
-        textureless renders against "a green cone" left a teardrop (0.61); against "a white cone", 0.81."""
-        spec = parse_prompt(prompt)
-        return ObjectSpec(shape=spec.shape).caption()
+        """"a white <shape>": see ``distill3d.priors.toy_world.toy_textureless_prompt``."""
+        return toy_textureless_prompt(prompt)
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        captions = []
-        for p in prompts:
-            try:
-                captions.append(canonical_caption(p))
-            except PromptError as e:
-                raise PriorError(str(e)) from None
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.arch.max_length, truncation=True,
-                             return_tensors="pt")["input_ids"]
+        ids = self.tokenizer(toy_captions(prompts), padding="max_length", max_length=self.arch.max_length,
+                             truncation=True, return_tensors="pt")["input_ids"]
         return ids.to(self.device)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
