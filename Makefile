@@ -47,9 +47,12 @@ $(STAMP): $(SETUP_DEPS)
 	if [ -d tools/viewer ]; then cd tools/viewer && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund); fi
 	touch $(STAMP)
 
+JOBS ?= 2
+
 run: $(STAMP)
 	python -m flows.dvc_yaml   # dvc.yaml from the method definitions and params.yaml's prompts (no-op when current)
-	dvc repro
+	python -m flows.dvc_parallel --jobs $(JOBS)   # the out-of-date stages, JOBS at a time, recorded in dvc.lock
+	dvc repro                  # finds them up to date (runs whatever the line above could not)
 	python -m flows.readme_claims   # README's claims table and per-method means from the metrics just made
 
 test: $(STAMP)

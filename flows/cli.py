@@ -6,6 +6,7 @@
     distill3d methods                                   (the methods, their steps and inputs)
     distill3d evaluate --asset out/red_cube --prompt "a red cube" [--out metrics.json]
     distill3d toyworld gt --prompt "a red cube" --out gt.glb
+    distill3d prior convert-mvdream --checkpoint sd-v2.1-base-4view.pt --sd-folder SD21_BASE --out models/mvdream
     distill3d batch --prompts prompts.txt --out out/batch [--method M] [--concurrency N] [--deployment D]
     distill3d compare --methods dreamfusion,textmesh --prompts prompts.txt [--seeds 0,1] --out out/cmp
     distill3d sweep --prompt "a red cube" --guidance-scales 5,10,30,100 --seeds 0,1 --out out/sweep
@@ -56,6 +57,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Text-to-3D by score distillation, as cached stages.")
 toyworld_app = typer.Typer(no_args_is_help=True, help="The toy world: ground truth for toy prompts.")
 app.add_typer(toyworld_app, name="toyworld")
+prior_app = typer.Typer(no_args_is_help=True, help="Priors: turn released weights into folders --prior accepts.")
+app.add_typer(prior_app, name="prior")
 
 
 def fail(message: str) -> typer.Exit:
@@ -294,6 +297,27 @@ def toyworld_gt(
     finally:
         staged.unlink(missing_ok=True)
     typer.echo(f"wrote {out}", err=True)
+
+
+@prior_app.command("convert-mvdream")
+@friendly
+def convert_mvdream(
+    checkpoint: Annotated[Path, typer.Option(help="the released MVDream checkpoint (.pt / .ckpt / .safetensors)")],
+    sd_folder: Annotated[Path, typer.Option(help="a local diffusers Stable Diffusion 2.1-base folder (its VAE, "
+                                                 "text encoder, tokenizer and scheduler are MVDream's)")],
+    out: Annotated[Path, typer.Option(help="the prior folder to write (give it to --prior of the mvdream method)")],
+    model: Annotated[str, typer.Option(help="MVDream's model name (its UNet sizes)")] = "sd-v2.1-base-4view",
+    copy: Annotated[bool, typer.Option(help="copy the SD parts instead of linking them")] = False,
+) -> None:
+    """Convert the released MVDream weights (LDM layout) into a diffusers multi-view prior folder."""
+    from distill3d.priors.mvdream import convert_mvdream_checkpoint
+
+    if not checkpoint.is_file():
+        raise fail(f"no checkpoint at {checkpoint}: give the released MVDream .pt/.ckpt file with --checkpoint")
+    if out.exists():
+        raise fail(f"{out} exists: give --out a new folder (or delete it)")
+    convert_mvdream_checkpoint(checkpoint, sd_folder, out, model=model, link=not copy)
+    typer.echo(f"wrote {out}: distill3d generate --method mvdream --prior {out} --device cuda ...", err=True)
 
 
 def _split_list(text: str, kind: type, option: str) -> list:

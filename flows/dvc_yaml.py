@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from distill3d.nested import lookup
+from flows.generated_file import sync
 from flows.method_spec import Method
 from flows.methods import methods
 from flows.plan import is_toy_prompt
@@ -271,18 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    current = args.out.read_text() if args.out.is_file() else ""
-    if args.check:
-        if current != text:
-            print(f"{args.out} is out of date: run `python -m flows.dvc_yaml`", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-        print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    return sync(args.out, text, args.check, "python -m flows.dvc_yaml")
 
 
 if __name__ == "__main__":

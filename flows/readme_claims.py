@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.generated_file import sync
 from stages import comparison
 from stages.core.code import ROOT
 from stages.core.params import load_params
@@ -60,16 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.check:
-        if wanted != current:
-            print(f"{args.readme} is out of date: run `python -m flows.readme_claims`", file=sys.stderr)
-            return 1
-        return 0
-    if wanted != current:
-        tmp = args.readme.with_suffix(".md.tmp")
-        tmp.write_text(wanted)
-        tmp.replace(args.readme)
-    return 0
+    return sync(args.readme, wanted, args.check, "python -m flows.readme_claims")
 
 
 if __name__ == "__main__":

@@ -228,3 +228,28 @@ def test_converted_folder_loads_as_a_four_view_latent_prior(checkpoint, tmp_path
     assert (copied / "vae").is_dir() and not (copied / "vae").is_symlink()
     with pytest.raises(PriorError, match="lacks"):
         convert_mvdream_checkpoint(ckpt, tmp_path / "mvdream" / "unet", tmp_path / "bad", unet_params=TINY_PARAMS)
+
+
+def test_cli_converts_a_checkpoint_and_refuses_bad_input_in_one_line(checkpoint, tmp_path, monkeypatch) -> None:
+    """`distill3d prior convert-mvdream`: a folder the mvdream method's --prior loads; a missing checkpoint or an
+    existing output is one `error:` line naming the fix, exit 2, nothing written."""
+    from typer.testing import CliRunner
+
+    import distill3d.priors.mvdream as mvdream
+    from flows.cli import app
+
+    monkeypatch.setitem(mvdream.MVDREAM_UNET_PARAMS, "tiny", TINY_PARAMS)
+    sd = build_tiny_sd(tmp_path / "sd21")
+    ckpt = tmp_path / "sd-tiny-4view.pt"
+    torch.save(checkpoint, ckpt)
+    runner = CliRunner()
+    args = ["prior", "convert-mvdream", "--sd-folder", str(sd), "--model", "tiny"]
+    ok = runner.invoke(app, args + ["--checkpoint", str(ckpt), "--out", str(tmp_path / "mv")])
+    assert ok.exit_code == 0, ok.output
+    assert isinstance(load_prior(tmp_path / "mv"), MVDreamPrior)
+    for extra, words in ((["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "a")], "no checkpoint"),
+                         (["--checkpoint", str(ckpt), "--out", str(tmp_path / "mv")], "exists")):
+        bad = runner.invoke(app, args + extra)
+        lines = bad.output.strip().splitlines()
+        assert bad.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+    assert not (tmp_path / "a").exists()
