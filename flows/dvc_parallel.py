@@ -119,12 +119,21 @@ def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print) -> t
 
 
 def commit(repo_dir: Path, names: list[str]) -> None:
-    """Record the stages' deps and outs in dvc.lock (and their outs in the DVC cache), as `dvc repro` does."""
+    """Record the stages' deps and outs in dvc.lock (and their outs in the DVC cache), as `dvc repro` does after
+    running a stage (what `dvc commit -f` does, for many stages with one index and one lock-file write)."""
     from dvc.repo import Repo
 
-    with contextlib.chdir(repo_dir), Repo(str(repo_dir)) as repo:
-        for name in names:
-            repo.commit(name, force=True)
+    wanted = set(names)
+    with contextlib.chdir(repo_dir), Repo(str(repo_dir)) as repo, repo.lock:
+        stages = [s for s in repo.index.stages if s.addressing in wanted]
+        by_file: dict[str, list] = {}
+        for stage in stages:
+            by_file.setdefault(stage.dvcfile.path, []).append(stage)
+        for group in by_file.values():
+            for stage in group:
+                stage.save()
+                stage.commit()
+            group[0].dvcfile.dump_stages(group, update_pipeline=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,8 +141,8 @@ MVDREAM = Method(
     title="MVDream (Shi et al. 2023)",
     summary="a NeRF by multi-view score distillation: a prior that denoises 4 views of one object together, "
             "conditioned on their cameras, scores 4 renders 90 degrees apart each step (no Janus faces)",
-    inputs=(MethodInput("prior", "the multi-view prior: the toy 4-view prior, or a folder with the released MVDream "
-                        "checkpoint (see distill3d/priors/mvdream.py)", default="prior.multiview_path",
+    inputs=(MethodInput("prior", "the multi-view prior: the toy 4-view prior, or the released MVDream weights "
+                        "converted by `distill3d prior convert-mvdream`", default="prior.multiview_path",
                         option="--prior", made_by="train_mv_prior"),),
     steps=(
         Step("nerf_sds", {"prior": "prior"}, "field", name="mv_nerf", section="mv_nerf",

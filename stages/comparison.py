@@ -73,10 +73,19 @@ def gather(results: Path, runs: dict[str, RunSpec]) -> dict[str, Any]:
     found_runs = {}
     for run, spec in runs.items():
         found_runs[run] = [{"point": p.name, "value": p.value, "seed": p.seed, "evidence": spec.evidence,
-                            "method": spec.method,
-                            "metrics": _json(results / "runs" / run / "metrics" / f"{p.name}.json"),
-                            "asset": str(results / "runs" / run / "asset" / p.name)} for p in points(spec)]
+                            "method": spec.method, **point_result(results, run, spec, p)} for p in points(spec)]
     return {"methods": methods, "runs": found_runs}
+
+
+def point_result(results: Path, run: str, spec: RunSpec, point) -> dict[str, Any]:
+    """A run point's metrics and asset: data/runs/<run>/{metrics,asset}/<point>, or, for a point that is the
+    method's own chain (seed 0, no overrides: dvc.yaml makes that computation once, as the method's), the method's
+    data/<method>/{metrics,asset}/<prompt>."""
+    own = results / "runs" / run
+    if not (own / "metrics" / f"{point.name}.json").is_file() and point.seed == 0 and not point.overrides:
+        return {"metrics": _json(results / spec.method / "metrics" / f"{spec.prompt}.json"),
+                "asset": str(results / spec.method / "asset" / spec.prompt)}
+    return {"metrics": _json(own / "metrics" / f"{point.name}.json"), "asset": str(own / "asset" / point.name)}
 
 
 def evidence(data: dict[str, Any]):

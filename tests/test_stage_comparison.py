@@ -48,3 +48,22 @@ def test_comparison_report_claims_and_missing_rows(tmp_path, monkeypatch) -> Non
     flat = json.loads((out / "metrics.json").read_text())
     assert flat["claim.oversaturation"] == "reproduced" and abs(flat["mvdream.iou_all_views"] - 0.9) < 1e-9
     assert (out / "claims.md").read_text().startswith("| claim of the seed |")
+
+
+def test_a_run_point_that_is_the_methods_own_chain_is_read_from_the_method(tmp_path, monkeypatch) -> None:
+    """dvc.yaml makes a run's seed-0 point without overrides once, as the method's own chain (flows/dvc_yaml.py
+    `instances`): the comparison reads its metrics there; a seed-1 point from data/runs/<run>/."""
+    monkeypatch.setenv("DISTILL3D_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    _write(data / "mvdream", "face", "an orange sphere with a face", {**fake_metrics(0.9, 0.6), "janus": {"rate": 0.0}})
+    _write(data / "runs" / "janus_mv", "s1", "an orange sphere with a face",
+           {**fake_metrics(0.8, 0.6), "janus": {"rate": 0.25}})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("comparison:\n  runs:\n    janus_mv: {method: mvdream, prompt: face, seeds: [0, 1], "
+                           "evidence: janus_multiview}\n")
+    module = get_stage("comparison")
+    out = execute(module, load_params(module, params_file), {"results": data}, tmp_path / "out")
+    rows = json.loads((out / "summary.json").read_text())["runs"]["janus_mv"]
+    assert [(r["point"], r["janus_rate"]) for r in rows] == [("s0", 0.0), ("s1", 0.25)]
+    claim = next(c for c in json.loads((out / "claims.json").read_text()) if c["key"] == "multiview_janus")
+    assert claim["verdict"] != "no data" and abs(claim["numbers"]["janus_rate"]["mvdream"] - 0.125) < 1e-9
