@@ -210,12 +210,11 @@ def _report(method: str) -> dict[str, Any]:
             "metrics": [{f"data/{method}/report_summary.json": {"cache": False}}]}
 
 
-def _comparison(registered: list[Method], params: dict) -> dict[str, Any]:
-    """The comparison stage: every method's assets and metrics and every run's, into data/comparison."""
-    runs = sorted(((params.get("comparison") or {}).get("runs") or {}))
+def _comparison(insts: list[Instance]) -> dict[str, Any]:
+    """The comparison stage: every asset and metrics folder the experiment writes (the methods' and the runs'; a
+    run whose every point is a method's own chain has none of its own), into data/comparison."""
     base = f"python -m stages comparison --params {PARAMS} --in results=data"
-    deps = [f"data/{m.name}/{part}" for m in registered for part in ("asset", "metrics")]
-    deps += [f"data/runs/{r}/{part}" for r in runs for part in ("asset", "metrics")]
+    deps = sorted({str(Path(i.out).parent) for i in insts if Path(i.out).parent.name in ("asset", "metrics")})
     return {"cmd": [f"{base} --out data/comparison", f"{base} --out data/comparison_summary.json"],
             "deps": code_files(get_stage("comparison")) + deps, "params": ["comparison"],
             "outs": ["data/comparison"], "metrics": [{"data/comparison_summary.json": {"cache": False}}]}
@@ -245,7 +244,8 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
     default = experiment_methods(registered, params)
     stages: dict[str, Any] = {spec.name: _fixed(spec) for spec in FIXED}
     by_stage: dict[str, list[Instance]] = {}
-    for inst in instances(registered, {str(k): str(v) for k, v in prompts.items()}, params):
+    every = instances(registered, {str(k): str(v) for k, v in prompts.items()}, params)
+    for inst in every:
         by_stage.setdefault(inst.stage, []).append(inst)
     for stage, group in by_stage.items():
         shapes: dict[tuple, list[Instance]] = {}
@@ -255,7 +255,7 @@ def generate(params_file: Path = ROOT / PARAMS) -> str:
             name = part[0].section if part[0].section != stage else stage  # a method's own params: its own entry
             stages[name if name not in stages else f"{name}_{i + 1}"] = _entry(stage, part)
     stages["report"] = {"foreach": [m.name for m in default], "do": _report("${item}")}
-    stages["comparison"] = _comparison(default, params)
+    stages["comparison"] = _comparison(every)
     table = "\n".join(f"#   {m.name:<15} " + " -> ".join(f"{s.name} ({s.role})" for s in m.steps) for m in registered)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120, default_flow_style=False)
     return HEADER.format(table=table) + body
