@@ -80,9 +80,11 @@ def _upstream_of(graph, stage) -> set:
     return nx.ancestors(graph, stage)
 
 
-def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print) -> tuple[list[str], list[str]]:
-    """Run the plan; returns (done, failed) stage names. A stage whose dependency failed counts as failed."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print,
+             threads: int | None = None) -> tuple[list[str], list[str]]:
+    """Run the plan with ``threads`` torch threads per stage (default cores / jobs); returns (done, failed) stage
+    names. A stage whose dependency failed counts as failed."""
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "DVC_NO_ANALYTICS": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     done: list[str] = []
@@ -139,11 +141,12 @@ def commit(repo_dir: Path, names: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.dvc_parallel", description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2, help="stages at once (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per stage (default: cores / jobs)")
     ap.add_argument("--dry-run", action="store_true", help="list the stages to run, longest chains first")
     ap.add_argument("--repo", type=Path, default=REPO)
     args = ap.parse_args(argv)
-    if args.jobs < 1:
-        print("error: --jobs must be at least 1", file=sys.stderr)
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        print("error: --jobs and --threads must be at least 1", file=sys.stderr)
         return 2
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     p = plan(args.repo)
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{len(p.stages)} stage(s) to run, {args.jobs} at a time", file=sys.stderr, flush=True)
     log_dir = args.repo / ".distill3d" / "dvc_parallel"
-    done, failed = run_plan(p, args.repo, args.jobs, log_dir, echo=lambda s: print(s, file=sys.stderr, flush=True))
+    done, failed = run_plan(p, args.repo, args.jobs, log_dir, echo=lambda s: print(s, file=sys.stderr, flush=True),
+                            threads=args.threads)
     commit(args.repo, done)
     if failed:
         print(f"error: {len(failed)} stage(s) failed: {', '.join(sorted(failed))}; logs in {log_dir}",
