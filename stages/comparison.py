@@ -8,8 +8,9 @@ params.yaml's `comparison.runs` (stages/shared/runs.py), read back through the s
 generator used. A method with no result for a prompt is a row with the reason (its outputs missing), not a failure.
 
 Output: index.html (turntables and 3D views side by side per prompt, the per-method summary, the claims table, the
-sweep figures), report.md, claims.json, claims.md (the table README.md carries), summary.json, metrics.json (the
-summary flattened: what `dvc metrics show` and `dvc exp show` compare).
+sweep figures), methods.png (each method's assets from the front and the back), report.md, claims.json, claims.md
+(the table README.md carries), summary.json, metrics.json (the summary flattened: what `dvc metrics show` and
+`dvc exp show` compare).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
     from distill3d.nested import lookup
     from distill3d.report.claims import claims_markdown, judge
     from distill3d.report.html import write_report
+    from distill3d.report.side_by_side import methods_figure
     from distill3d.report.sweep import sweep_figure
     from distill3d.report.table import format_value
 
@@ -149,6 +151,10 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
             entries.append({"method": method, "prompt": m.get("prompt", name), "seed": 0, "asset_dir": r["asset"],
                             "metrics": m})
     figures = []
+    side = methods_figure({m: {n: Path(r["asset"]) for n, r in by.items()} for m, by in data["methods"].items()},
+                          out / "methods.png")
+    if side is not None:
+        figures.append(("Each method (rows) on each prompt: turntable from the front and from the back", side))
     for kind in ("sds", "vsd"):
         pts = [{"guidance_scale": r["value"], "seed": r["seed"], "image": Path(r["asset"]) / "views.png",
                 "metrics": r["metrics"]} for rows in data["runs"].values() for r in rows

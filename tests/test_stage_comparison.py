@@ -67,3 +67,25 @@ def test_a_run_point_that_is_the_methods_own_chain_is_read_from_the_method(tmp_p
     assert [(r["point"], r["janus_rate"]) for r in rows] == [("s0", 0.0), ("s1", 0.25)]
     claim = next(c for c in json.loads((out / "claims.json").read_text()) if c["key"] == "multiview_janus")
     assert claim["verdict"] != "no data" and abs(claim["numbers"]["janus_rate"]["mvdream"] - 0.125) < 1e-9
+
+
+def test_methods_figure_has_a_front_and_a_back_cell_per_method_and_prompt(tmp_path) -> None:
+    """methods.png: rows are methods, columns prompt x (front, back); the back cell is the turntable's middle frame;
+    a missing asset is a blank cell, not a failure."""
+    import numpy as np
+    from PIL import Image
+
+    from distill3d.report.side_by_side import methods_figure
+
+    def gif(folder: Path, colours) -> Path:
+        folder.mkdir(parents=True)
+        frames = [Image.new("RGB", (16, 16), c) for c in colours]
+        frames[0].save(folder / "turntable.gif", save_all=True, append_images=frames[1:])
+        return folder
+
+    a = gif(tmp_path / "a", [(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0)])  # front red, back (frame 2) blue
+    path = methods_figure({"dreamfusion": {"cube": a}, "mvdream": {}}, tmp_path / "methods.png")
+    grid = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in grid}
+    assert (255, 0, 0) in colours and (0, 0, 255) in colours and (0, 255, 0) not in colours
+    assert methods_figure({"m": {}}, tmp_path / "none.png") is None
