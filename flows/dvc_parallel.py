@@ -28,6 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Relative cost of a stage by its command's stage module (the optimisation stages dominate): the scheduler starts
 # the costliest ready stage first so the long chains do not end alone.
+# dvc.yaml entries (by name) that collect whatever their methods made (a missing asset is a row with its reason in
+# their report): they run once every stage they wait for has finished, failed or not.
+COLLECTORS = ("report", "comparison")
 COST = {"nerf_sds": 6, "sdf_nerf": 6, "dmtet_refine": 5, "vsd_texture": 5, "texture_finetune": 4, "pseudo_gt": 3,
         "train_prior": 20, "train_latent_prior": 20, "train_mv_prior": 20}
 
@@ -37,6 +40,10 @@ class Plan:
     stages: dict[str, str]  # addressing -> shell command
     needs: dict[str, set[str]]  # addressing -> the planned stages it waits for
     priority: dict[str, int]
+
+
+def _collects(name: str) -> bool:
+    return name.partition("@")[0] in COLLECTORS
 
 
 def _module(cmd: str) -> str:
@@ -100,11 +107,13 @@ def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print,
     with ThreadPoolExecutor(jobs) as pool:
         running: dict[Future, tuple[str, float]] = {}
         while todo or running:
-            for name in sorted(n for n in todo if p.needs[n] & set(failed)):
-                todo.discard(name)
-                failed.append(name)
-                echo(f"skipped {name}: a stage it needs failed")
-            ready = sorted((n for n in todo if p.needs[n] <= set(done)), key=lambda n: -p.priority[n])
+            while blocked := sorted(n for n in todo if p.needs[n] & set(failed) and not _collects(n)):
+                for name in blocked:  # until no stage is left waiting on a failure (chains fail transitively)
+                    todo.discard(name)
+                    failed.append(name)
+                    echo(f"skipped {name}: a stage it needs failed")
+            finished_names = set(done) | set(failed)
+            ready = sorted((n for n in todo if p.needs[n] <= (finished_names if _collects(n) else set(done))), key=lambda n: -p.priority[n])
             for name in ready[: jobs - len(running)]:
                 todo.discard(name)
                 running[pool.submit(run_one, name)] = (name, time.perf_counter())

@@ -72,3 +72,18 @@ def test_bad_jobs_is_one_line(tmp_path, capsys) -> None:
     assert main(["--repo", str(tmp_path), "--jobs", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "--jobs" in err[0]
+
+
+def test_a_collector_runs_after_a_failure_upstream_and_other_dependents_are_skipped(tmp_path) -> None:
+    """report/comparison entries show a missing result as a row with its reason: they run once what they wait for
+    has finished, failed or not; any other stage after a failure is skipped."""
+    from flows.dvc_parallel import Plan, run_plan
+
+    # "c" waits on "d" which waits on "a": both are skipped, whatever order they are looked at in
+    p = Plan(stages={"a": "exit 3", "b": "echo b > b.txt", "c": "echo c > c.txt", "d": "true",
+                     "report@m": "echo r > r.txt"},
+             needs={"a": set(), "b": set(), "c": {"d"}, "d": {"a"}, "report@m": {"a", "b", "c"}},
+             priority={"a": 2, "b": 1, "c": 1, "d": 1, "report@m": 1})
+    done, failed = run_plan(p, tmp_path, jobs=1, log_dir=tmp_path / "logs", echo=lambda s: None)
+    assert sorted(done) == ["b", "report@m"] and sorted(failed) == ["a", "c", "d"]
+    assert (tmp_path / "r.txt").exists() and not (tmp_path / "c.txt").exists()
