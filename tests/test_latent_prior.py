@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import Killed, kill_at
 import torch
 
 from distill3d.priors import latent_training, toy_training
@@ -31,17 +32,6 @@ TINY = LatentTrainConfig(
     architecture=ToyPriorArchitecture(block_out_channels=(16, 32), cross_attention_levels=(False, True),
                                       text_width=32, text_layers=1),
 )
-
-
-class Killed(RuntimeError):
-    pass
-
-
-def _kill_at(step_to_die: int):
-    def after_step(step: int) -> None:
-        if step == step_to_die:
-            raise Killed(f"killed after step {step}")
-    return after_step
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +94,7 @@ def test_diffusers_reads_the_folder_as_a_pipeline(trained):
 
 @pytest.mark.parametrize("phase, module, die_at", [("vae", latent_training, 3), ("unet", toy_training, 3)])
 def test_killed_run_resumes_to_the_same_weights(trained, tmp_path, monkeypatch, phase, module, die_at):
-    monkeypatch.setattr(module, "_after_step", _kill_at(die_at))
+    monkeypatch.setattr(module, "_after_step", kill_at(die_at))
     with pytest.raises(Killed):
         train_latent_prior(TINY, tmp_path / "prior", tmp_path / "work", progress=False)
     monkeypatch.setattr(module, "_after_step", lambda step: None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import Killed, kill_at
 import torch
 
 from distill3d.priors import toy_training
@@ -18,17 +19,6 @@ TINY = ToyTrainConfig(
     architecture=ToyPriorArchitecture(resolution=16, block_out_channels=(16, 32), cross_attention_levels=(False, True),
                                       self_attention_levels=(True, False), text_width=32, text_layers=1),
 )
-
-
-class Killed(RuntimeError):
-    pass
-
-
-def _kill_at(step_to_die: int):
-    def after_step(step: int) -> None:
-        if step == step_to_die:
-            raise Killed(f"killed after step {step}")
-    return after_step
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,7 @@ def test_tiny_run_saves_a_prior_that_loads(uninterrupted):
 @pytest.mark.parametrize("die_at", [4, 5])  # right after a checkpoint, and between two (step 5 is done twice)
 def test_killed_run_resumes_to_the_same_weights(uninterrupted, tmp_path, monkeypatch, die_at):
     root, stats = uninterrupted
-    monkeypatch.setattr(toy_training, "_after_step", _kill_at(die_at))
+    monkeypatch.setattr(toy_training, "_after_step", kill_at(die_at))
     with pytest.raises(Killed):
         train_toy_prior(TINY, tmp_path / "prior", tmp_path / "work", progress=False)
     assert not (tmp_path / "prior").exists()

@@ -263,3 +263,15 @@ def build_tiny_if(path: str | Path, seed: int = 0) -> Path:
         feature_extractor=None, watermarker=None, requires_safety_checker=False,
     ).save_pretrained(str(path))
     return path
+
+
+class Killed(RuntimeError):
+    """Raised by ``kill_at``'s hook: a training run 'killed' after a given step (resume tests)."""
+
+
+def kill_at(step_to_die: int):
+    """An after-step hook (``toy_training._after_step``) that raises Killed once ``step_to_die`` is done."""
+    def after_step(step: int) -> None:
+        if step == step_to_die:
+            raise Killed(f"killed after step {step}")
+    return after_step
