@@ -19,7 +19,7 @@ PRIOR = REPO / "models" / "toy_prior"
 PROMPT = "a yellow sphere"
 TINY = """
 nerf_sds:
-  optimize: {steps: 80, n_samples: 32, checkpoint_every: 1000}
+  optimize: {steps: 80, n_samples: 32, checkpoint_every: 1000, background: random}  # as the prior is trained
   preview_views: 2
   preview_size: 16
 dmtet_refine:
