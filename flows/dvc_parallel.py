@@ -53,6 +53,7 @@ def _module(cmd: str) -> str:
 
 def plan(repo_dir: Path) -> Plan:
     """The stages `dvc repro` would run (changed ones and everything downstream of them), frozen ones left out."""
+    import networkx as nx
     from dvc.repo import Repo
 
     # stage addresses ("nerf_sds@red_cube") are relative to the working directory: DVC's API is used from the repo
@@ -63,11 +64,12 @@ def plan(repo_dir: Path) -> Plan:
         todo: set[str] = set()
         for name in changed:
             todo.add(name)
-            todo.update(s.addressing for s in _upstream_of(graph, by_name[name]) if s.addressing in by_name)
+            # ancestors: edges point to dependencies, so these are the stages downstream of it (re-run when it is)
+            todo.update(s.addressing for s in nx.ancestors(graph, by_name[name]) if s.addressing in by_name)
         todo = {n for n in todo if not by_name[n].frozen}
         cmds = {n: (by_name[n].cmd if isinstance(by_name[n].cmd, str) else " && ".join(by_name[n].cmd)) for n in todo}
         needs = {n: {d.addressing for d in graph.successors(by_name[n]) if d.addressing in todo} for n in todo}
-    waiting = {n: {m for m in todo if n in needs[m]} for n in todo}  # n -> the stages that wait for it
+        waiting = {n: {d.addressing for d in graph.predecessors(by_name[n]) if d.addressing in todo} for n in todo}
     priority: dict[str, int] = {}
 
     def chain(n: str) -> int:  # the cost of the longest chain that starts at n
@@ -78,13 +80,6 @@ def plan(repo_dir: Path) -> Plan:
     for n in todo:
         chain(n)
     return Plan(cmds, needs, priority)
-
-
-def _upstream_of(graph, stage) -> set:
-    """Stages that depend, directly or not, on ``stage`` (they re-run when it does)."""
-    import networkx as nx
-
-    return nx.ancestors(graph, stage)
 
 
 def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print,
