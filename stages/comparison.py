@@ -105,9 +105,30 @@ def evidence(data: dict[str, Any]):
                 continue
             if r["evidence"] in ("sds", "vsd") and r["value"] is not None:
                 ev.sweeps.setdefault(r["evidence"], {}).setdefault(float(r["value"]), []).append(r["metrics"])
+                if r["evidence"] == "vsd" and isinstance(r["metrics"].get("diversity"), (int, float)):
+                    ev.diversity.setdefault("vsd", {}).setdefault(float(r["value"]), []).append(
+                        float(r["metrics"]["diversity"]))
             elif r["evidence"] in janus_groups:
                 ev.janus.setdefault(janus_groups[r["evidence"]], []).append(r["metrics"])
+    for scale, distance in seed_diversity(data, "sds").items():
+        ev.diversity.setdefault("sds", {})[scale] = [distance]
     return ev
+
+
+def seed_diversity(data: dict[str, Any], kind: str) -> dict[float, float]:
+    """{guidance scale: mean pairwise render distance between the assets of different seeds} of the `kind` sweep
+    points (distill3d.metrics.diversity: the measure evaluate applies to ProlificDreamer's particles)."""
+    from distill3d.metrics.diversity import mean_pairwise_distance
+    from distill3d.metrics.suite import load_asset
+
+    by_scale: dict[float, dict[int, Path]] = {}
+    for rows in data["runs"].values():
+        for r in rows:
+            asset = Path(r["asset"])
+            if r["evidence"] == kind and r["value"] is not None and (asset / "mesh.glb").is_file():
+                by_scale.setdefault(float(r["value"]), {})[r["seed"]] = asset
+    return {w: mean_pairwise_distance([load_asset(a) for a in assets.values()])
+            for w, assets in sorted(by_scale.items()) if len(assets) > 1}
 
 
 def _mean(values: list) -> float | None:

@@ -37,16 +37,17 @@ def evidence() -> Evidence:
                 "vsd": {2.5: [_m(iou=0.8, sat=0.01)], 7.5: [_m(iou=0.85, sat=0.02)]}},
         janus={"dreamfusion_no_view_prompts": [_m(janus=0.6, front_faces=2)], "dreamfusion": [_m(janus=0.3, front_faces=1)],
                "mvdream": [_m(janus=0.0, front_faces=2)]},
+        diversity={"sds": {5.0: [0.02], 100.0: [0.01]}, "vsd": {7.5: [0.06, 0.04]}},
     )
 
 
 def test_all_claims_judged_from_the_fixture(evidence) -> None:
     verdicts = {c.key: c.verdict for c in judge(evidence)}
     assert verdicts == {"oversaturation": REPRODUCED, "second_stage_detail": REPRODUCED, "sdf_smoother": REPRODUCED,
-                        "vsd_ordinary_guidance": REPRODUCED, "multiview_janus": REPRODUCED,
+                        "vsd_ordinary_guidance": REPRODUCED, "vsd_diversity": REPRODUCED, "multiview_janus": REPRODUCED,
                         "mvdream_first": REPRODUCED}
     table = claims_markdown(judge(evidence))
-    assert table.count("\n") == 2 + 6 and "w=100: 0.2" in table
+    assert table.count("\n") == 2 + 7 and "w=100: 0.2" in table
 
 
 def test_verdicts_follow_the_metrics(evidence) -> None:
@@ -63,6 +64,17 @@ def test_verdicts_follow_the_metrics(evidence) -> None:
     assert verdicts["multiview_janus"] == MIXED  # Janus-free, but no face drawn proves nothing
     assert verdicts["mvdream_first"] == NOT_REPRODUCED
     assert max(method_ranks(ev), key=method_ranks(ev).get) == "mvdream"
+
+
+def test_diversity_compares_vsd_particles_with_sds_seeds_at_the_nearest_scales(evidence) -> None:
+    claim = next(c for c in judge(evidence) if c.key == "vsd_diversity")
+    assert claim.numbers["vsd"] == {"scale": 7.5, "distance": 0.05}
+    assert claim.numbers["sds"] == {"scale": 5.0, "distance": 0.02}  # 5 is nearer 7.5 than 100
+    ev = copy.deepcopy(evidence)
+    ev.diversity["sds"][5.0] = [0.07]  # SDS's seeds now differ more than VSD's particles
+    assert next(c for c in judge(ev) if c.key == "vsd_diversity").verdict == NOT_REPRODUCED
+    ev.diversity.pop("vsd")  # one particle: nothing to compare
+    assert next(c for c in judge(ev) if c.key == "vsd_diversity").verdict == NO_DATA
 
 
 def test_missing_evidence_is_no_data() -> None:

@@ -89,3 +89,26 @@ def test_methods_figure_has_a_front_and_a_back_cell_per_method_and_prompt(tmp_pa
     colours = {tuple(c) for c in grid}
     assert (255, 0, 0) in colours and (0, 0, 255) in colours and (0, 255, 0) not in colours
     assert methods_figure({"m": {}}, tmp_path / "none.png") is None
+
+
+def test_sds_seed_diversity_is_the_render_distance_between_the_seeds_assets(tmp_path) -> None:
+    """The diversity claim's SDS side: at each guidance scale with several seeds, the mean pairwise render distance
+    of their assets (the measure evaluate gives ProlificDreamer's particles): 0 for identical assets, larger when a
+    seed drew another shape."""
+    from distill3d.mesh.gltf import save_glb
+    from distill3d.toyworld.gt_mesh import gt_mesh
+    from distill3d.toyworld.vocab import parse_prompt
+    from stages.comparison import evidence, seed_diversity
+
+    runs = []
+    for w, prompts in ((5.0, ("a red cube", "a red cube")), (100.0, ("a red cube", "a red cone"))):
+        for seed, prompt in enumerate(prompts):
+            asset = tmp_path / f"w{w:g}-s{seed}"
+            save_glb(gt_mesh(parse_prompt(prompt), resolution=32, texture_size=0), asset / "mesh.glb")
+            runs.append({"value": w, "seed": seed, "evidence": "sds", "asset": str(asset), "metrics": {}})
+    runs.append({"value": 20.0, "seed": 0, "evidence": "sds", "asset": str(tmp_path / "w20-s0"), "metrics": {}})
+    data = {"methods": {}, "runs": {"sweep": runs}}
+    distances = seed_diversity(data, "sds")
+    assert set(distances) == {5.0, 100.0}  # w = 20 has one seed (and no asset)
+    assert distances[5.0] < 1e-6 < 0.01 < distances[100.0]
+    assert evidence(data).diversity == {"sds": {5.0: [distances[5.0]], 100.0: [distances[100.0]]}}

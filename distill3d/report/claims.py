@@ -41,12 +41,14 @@ class Claim:
 class Evidence:
     """methods: {method: [metrics dict per asset]}; sweeps: {"sds" | "vsd": {guidance scale: [metrics per seed]}};
     janus: {"dreamfusion_no_view_prompts" | "dreamfusion" | "mvdream": [metrics of face-prompt assets]};
-    seconds: {method: [seconds per asset]}."""
+    seconds: {method: [seconds per asset]}; diversity: {"sds" | "vsd": {guidance scale: [mean pairwise render
+    distance]}}: for SDS between the assets of different seeds, for VSD between the particles of one run."""
 
     methods: dict[str, list[dict]] = field(default_factory=dict)
     sweeps: dict[str, dict[float, list[dict]]] = field(default_factory=dict)
     janus: dict[str, list[dict]] = field(default_factory=dict)
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    diversity: dict[str, dict[float, list[float]]] = field(default_factory=dict)
 
 
 def mean_of(metrics: Sequence[Mapping[str, Any]], path: str,
@@ -171,6 +173,24 @@ def multiview_removes_janus(ev: Evidence) -> Claim:
                  {"janus_rate": rates, "front_face_rate": fronts})
 
 
+def vsd_diversity(ev: Evidence, scale: float = 7.5) -> Claim:
+    """ProlificDreamer: VSD's particles of one prompt differ more than SDS's results with different seeds (SDS is
+    mode-seeking), compared at the guidance scales nearest ``scale`` that both have. Reproduced when VSD's mean
+    pairwise render distance is the larger, not reproduced otherwise."""
+    sds, vsd = ev.diversity.get("sds") or {}, ev.diversity.get("vsd") or {}
+    sds, vsd = ({w: d for w, d in x.items() if d} for x in (sds, vsd))
+    if not sds or not vsd:
+        return Claim("vsd_diversity", "VSD's particles are more diverse than SDS's seeds", NO_DATA,
+                     "needs VSD with particles > 1 and SDS with seeds > 1 in the sweeps", {})
+    at_v, at_s = (min(x, key=lambda w: abs(w - scale)) for x in (vsd, sds))
+    d_v, d_s = statistics.fmean(vsd[at_v]), statistics.fmean(sds[at_s])
+    return Claim("vsd_diversity", "VSD's particles are more diverse than SDS's seeds",
+                 _verdict([d_v > d_s]),
+                 f"mean render distance between VSD's particles at w={at_v:g}: {_fmt(d_v)}; between SDS's seeds at "
+                 f"w={at_s:g}: {_fmt(d_s)}",
+                 {"vsd": {"scale": at_v, "distance": d_v}, "sds": {"scale": at_s, "distance": d_s}})
+
+
 RANKED = (("iou_all_views", "high"), ("volume.iou", "high"), ("chamfer.chamfer", "low"),
           ("colour_error_lab", "low"), ("normals.error_deg", "low"), ("saturation.excess", "zero"))
 
@@ -204,8 +224,8 @@ def mvdream_first(ev: Evidence) -> Claim:
                  + ", ".join(f"{m} {ranks[m]:.2f}" for m in order), {"ranks": ranks, "order": order})
 
 
-CLAIMS = (oversaturation, second_stage_detail, sdf_smoother, vsd_ordinary_guidance, multiview_removes_janus,
-          mvdream_first)
+CLAIMS = (oversaturation, second_stage_detail, sdf_smoother, vsd_ordinary_guidance, vsd_diversity,
+          multiview_removes_janus, mvdream_first)
 
 
 def judge(ev: Evidence) -> list[Claim]:
