@@ -31,8 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 # dvc.yaml entries (by name) that collect whatever their methods made (a missing asset is a row with its reason in
 # their report): they run once every stage they wait for has finished, failed or not.
 COLLECTORS = ("report", "comparison")
-COST = {"nerf_sds": 6, "sdf_nerf": 6, "dmtet_refine": 5, "vsd_texture": 5, "texture_finetune": 4, "pseudo_gt": 3,
-        "train_prior": 20, "train_latent_prior": 20, "train_mv_prior": 20}
+# Keyed by the params section a stage runs under (a shared stage's own section: MVDream's mv_nerf is nerf_sds at 4
+# views a step, ~3x DreamFusion's; ProlificDreamer's vsd_nerf ~1.5-2x), else by its module. Measured in the run of
+# 2026-11-30 (stage seconds, two at a time): nerf_sds 80-145, mv_nerf 290-315, vsd_nerf 130-190, sdf_nerf 95-100,
+# dmtet_refine / vsd_texture 45-60, extract / bake / export / evaluate 4-15.
+COST = {"nerf_sds": 6, "mv_nerf": 18, "vsd_nerf": 10, "sdf_nerf": 6, "dmtet_refine": 4, "vsd_texture": 4,
+        "texture_finetune": 2, "pseudo_gt": 2, "train_prior": 200, "train_latent_prior": 200, "train_mv_prior": 200}
 
 
 @dataclass
@@ -49,6 +53,13 @@ def _collects(name: str) -> bool:
 def _module(cmd: str) -> str:
     words = cmd.split()
     return words[3] if words[:3] == ["python", "-m", "stages"] and len(words) > 3 else ""
+
+
+def _cost(cmd: str) -> int:
+    """COST of a stage's command: by its `--section` when it names one COST knows, else by its stage module."""
+    words = cmd.split()
+    section = words[words.index("--section") + 1] if "--section" in words[:-1] else None
+    return COST.get(section) or COST.get(_module(cmd), 1)
 
 
 def plan(repo_dir: Path) -> Plan:
@@ -74,7 +85,7 @@ def plan(repo_dir: Path) -> Plan:
 
     def chain(n: str) -> int:  # the cost of the longest chain that starts at n
         if n not in priority:
-            priority[n] = COST.get(_module(cmds[n]), 1) + max((chain(m) for m in waiting[n]), default=0)
+            priority[n] = _cost(cmds[n]) + max((chain(m) for m in waiting[n]), default=0)
         return priority[n]
 
     for n in todo:

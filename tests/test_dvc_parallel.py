@@ -87,3 +87,14 @@ def test_a_collector_runs_after_a_failure_upstream_and_other_dependents_are_skip
     done, failed = run_plan(p, tmp_path, jobs=1, log_dir=tmp_path / "logs", echo=lambda s: None)
     assert sorted(done) == ["b", "report@m"] and sorted(failed) == ["a", "c", "d"]
     assert (tmp_path / "r.txt").exists() and not (tmp_path / "c.txt").exists()
+
+
+def test_a_shared_stage_costs_what_its_section_runs() -> None:
+    """MVDream's mv_nerf is the nerf_sds module at 4 views a step: the scheduler ranks it by its section, so the
+    longest chains start first and do not end alone."""
+    from flows.dvc_parallel import _cost
+
+    base = "python -m stages nerf_sds --params params.yaml"
+    assert _cost(f"{base} --section mv_nerf --out x") > _cost(f"{base} --section vsd_nerf --out x") \
+        > _cost(f"{base} --out x") > _cost("python -m stages evaluate --params params.yaml --out x") == 1
+    assert _cost(f"{base} --section unknown --out x") == _cost(f"{base} --out x")
