@@ -8,7 +8,7 @@ prior (one CFG evaluation each: the least 1000 SDS steps can cost), so machines 
     e2e         `distill3d generate --method dreamfusion` at default settings on prompts the tests do not use, for
                 each seed: wall seconds, per-stage seconds (manifests), x reference, and the quality metrics
                 (all-view IoU, volumetric IoU, Chamfer, colour error, normal error); then the cached re-run
-    throughput  `distill3d batch` of 8 prompts at concurrency 1 and 2: prompts per hour
+    throughput  `distill3d batch` of 8 prompts at concurrency 1 and 2 (--concurrency): prompts per hour
     scaling     the nerf_sds stage alone at 250 / 500 / 1000 steps and at render size 32 / 48 / 64
 
     python benchmarks/bench_dreamfusion.py [--sections reference,step,e2e,throughput,scaling] [--seeds 0,1]
@@ -114,9 +114,9 @@ def e2e(prompts: list[str], seeds: list[int]) -> list[dict]:
     return rows
 
 
-def throughput(prompts: list[str]) -> dict:
+def throughput(prompts: list[str], levels: list[int]) -> dict:
     out = {}
-    for concurrency in (1, 2):
+    for concurrency in levels:
         with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
             home = Path(tmp) / "home"
             src = Path(tmp) / "prompts.txt"
@@ -156,6 +156,7 @@ def main() -> int:
     parser.add_argument("--prompts", nargs="*", default=PROMPTS)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--prior", type=Path, default=REPO / "models" / "toy_prior")
+    parser.add_argument("--concurrency", default="1,2", help="throughput: batch concurrency levels to time")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -175,7 +176,8 @@ def main() -> int:
             r["x_reference"] = round(r["seconds"] / ref, 2)
         result["e2e"] = rows
     if "throughput" in sections:
-        result["throughput"] = throughput(BATCH)
+        result["throughput"] = {**result.get("throughput", {}),
+                                **throughput(BATCH, [int(c) for c in args.concurrency.split(",")])}
     if "scaling" in sections:
         result["scaling"] = scaling(args.prior)
     ref_end = reference(args.prior)

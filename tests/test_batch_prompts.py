@@ -165,3 +165,19 @@ def test_batch_cli_rejects_a_missing_source_in_one_line(fake_home):
                             "--out", str(fake_home / "g")])
     assert r.exit_code == 2 and r.stderr.startswith("error: prompt source") and r.stderr.count("\n") == 1
     assert not (fake_home / "g").exists()
+
+
+def test_batch_workers_share_the_cores(monkeypatch) -> None:
+    """Each of `concurrency` subprocess workers gets cores / concurrency threads (at least 1); an explicit
+    OMP_NUM_THREADS wins."""
+    import os
+
+    from flows.batch import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    cores = os.cpu_count() or 1
+    assert worker_env(2)["OMP_NUM_THREADS"] == str(max(1, cores // 2)) == worker_env(2)["MKL_NUM_THREADS"]
+    assert worker_env(10 * cores)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_env(2)["OMP_NUM_THREADS"] == "3"

@@ -33,7 +33,8 @@ def evidence() -> Evidence:
             "mvdream": [_m(iou=0.9, vol=0.85, chamfer=0.03, colour=6, normal=15, sat=0.02),
                         _m(iou=0.9, vol=0.85, chamfer=0.03, colour=6, normal=15, sat=0.02, stripes=0.6)],
         },
-        sweeps={"sds": {5.0: [_m(iou=0.86, sat=0.04)], 20.0: [_m(iou=0.84, sat=0.08)], 100.0: [_m(iou=0.7, sat=0.2)]},
+        sweeps={"sds": {1.0: [_m(iou=0.6, sat=0.01)], 5.0: [_m(iou=0.86, sat=0.04)], 20.0: [_m(iou=0.84, sat=0.08)],
+                        100.0: [_m(iou=0.7, sat=0.2)]},
                 "vsd": {2.5: [_m(iou=0.8, sat=0.01)], 7.5: [_m(iou=0.85, sat=0.02)]}},
         janus={"dreamfusion_no_view_prompts": [_m(janus=0.6, front_faces=2)], "dreamfusion": [_m(janus=0.3, front_faces=1)],
                "mvdream": [_m(janus=0.0, front_faces=2)]},
@@ -43,16 +44,18 @@ def evidence() -> Evidence:
 
 def test_all_claims_judged_from_the_fixture(evidence) -> None:
     verdicts = {c.key: c.verdict for c in judge(evidence)}
-    assert verdicts == {"oversaturation": REPRODUCED, "second_stage_detail": REPRODUCED, "sdf_smoother": REPRODUCED,
+    assert verdicts == {"sds_large_guidance": REPRODUCED, "oversaturation": REPRODUCED,
+                        "second_stage_detail": REPRODUCED, "sdf_smoother": REPRODUCED,
                         "vsd_ordinary_guidance": REPRODUCED, "vsd_diversity": REPRODUCED, "multiview_janus": REPRODUCED,
                         "mvdream_first": REPRODUCED}
     table = claims_markdown(judge(evidence))
-    assert table.count("\n") == 2 + 7 and "w=100: 0.2" in table
+    assert table.count("\n") == 2 + 8 and "w=100: 0.2" in table
 
 
 def test_verdicts_follow_the_metrics(evidence) -> None:
     ev = copy.deepcopy(evidence)
     ev.sweeps["sds"][100.0][0]["saturation"]["excess"] = 0.01  # no longer rising nor saturated
+    ev.sweeps["sds"][1.0][0]["iou_all_views"] = 0.85  # the smallest scale within the tolerance of the best
     ev.methods["textmesh"][0]["normals"]["roughness_deg"] = 30.0  # rougher than DreamFusion on average
     ev.methods["textmesh"][1]["normals"]["roughness_deg"] = 30.0
     ev.janus["mvdream"][0]["janus"]["per_view"][0]["pred_face"] = False  # face drawn in only half the fronts...
@@ -60,6 +63,7 @@ def test_verdicts_follow_the_metrics(evidence) -> None:
     ev.methods["mvdream"] = [_m(iou=0.5, vol=0.4, chamfer=0.2, colour=30, normal=50, sat=0.3)]
     verdicts = {c.key: c.verdict for c in judge(ev)}
     assert verdicts["oversaturation"] == NOT_REPRODUCED
+    assert verdicts["sds_large_guidance"] == NOT_REPRODUCED
     assert verdicts["sdf_smoother"] == MIXED
     assert verdicts["multiview_janus"] == MIXED  # Janus-free, but no face drawn proves nothing
     assert verdicts["mvdream_first"] == NOT_REPRODUCED

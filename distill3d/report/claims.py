@@ -100,6 +100,20 @@ def oversaturation(ev: Evidence) -> Claim:
                  {"saturation_excess_by_scale": excess})
 
 
+def sds_needs_large_guidance(ev: Evidence) -> Claim:
+    """SDS needs a large guidance scale (DreamFusion uses 100): at the sweep's smallest scale the all-view IoU is
+    worse than at its best scale by more than IOU_TOLERANCE. Reproduced when it is, not reproduced otherwise."""
+    sweep = ev.sweeps.get("sds") or {}
+    iou = {w: v for w in sorted(sweep) if (v := mean_of(sweep[w], "iou_all_views")) is not None}
+    if len(iou) < 2:
+        return Claim("sds_large_guidance", "SDS needs a large guidance scale", NO_DATA, "no SDS sweep", {})
+    best, small = max(iou, key=iou.get), min(iou)
+    text = ", ".join(f"w={w:g}: {_fmt(v)}" for w, v in iou.items())
+    return Claim("sds_large_guidance", "SDS needs a large guidance scale",
+                 _verdict([iou[small] < iou[best] - IOU_TOLERANCE]),
+                 f"all-view IoU by SDS guidance scale: {text} (best at w={best:g})", {"iou_all_views_by_scale": iou})
+
+
 def second_stage_detail(ev: Evidence) -> Claim:
     """Magic3D against DreamFusion: on striped prompts its stripe energy is closer to the ground truth's (ratio
     nearer 1), and its surfaces are smoother (lower normal error against the ground truth), at an all-view IoU no
@@ -224,8 +238,8 @@ def mvdream_first(ev: Evidence) -> Claim:
                  + ", ".join(f"{m} {ranks[m]:.2f}" for m in order), {"ranks": ranks, "order": order})
 
 
-CLAIMS = (oversaturation, second_stage_detail, sdf_smoother, vsd_ordinary_guidance, vsd_diversity,
-          multiview_removes_janus, mvdream_first)
+CLAIMS = (sds_needs_large_guidance, oversaturation, second_stage_detail, sdf_smoother, vsd_ordinary_guidance,
+          vsd_diversity, multiview_removes_janus, mvdream_first)
 
 
 def judge(ev: Evidence) -> list[Claim]:
