@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from distill3d.report.gallery import summary_markdown, write_gallery
 from flows.asset import AssetRequest, make_asset, read_asset_manifest
 from flows.jobs import Defaults, prepare, summarise
 from flows.prompts_source import read_prompts
+from flows.threads import worker_env
 from prefect import flow, get_run_logger
 from stages.core.protocol import StageError
 from tasks.artifacts import artifact_key
@@ -80,20 +80,10 @@ def _run_via_deployment(entry: dict, deployment: str) -> None:
         _finish(entry, False, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
 
 
-def worker_env(concurrency: int) -> dict[str, str]:
-    """A subprocess's environment: the cores shared among the `concurrency` workers (torch's default of every core
-    per process oversubscribes them: measured 2026-11-30, 8 DreamFusion prompts at concurrency 2 and 2 threads each
-    on 2 cores finished 2 assets in 14 min, against ~100 s per asset one at a time). An explicit OMP_NUM_THREADS
-    is kept."""
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, concurrency)))
-    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
-            "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", threads)}
-
-
 def _run_as_subprocess(entry: dict, concurrency: int) -> None:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "flows.batch", json.dumps(entry["request"])], capture_output=True,
-                       text=True, cwd=Path.cwd(), env=worker_env(concurrency))
+                       text=True, cwd=Path.cwd(), env=worker_env(concurrency, keep_explicit=True))
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     reason = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
     _finish(entry, r.returncode == 0, reason or (lines[-1] if lines else f"exit code {r.returncode}"),

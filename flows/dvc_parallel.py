@@ -25,16 +25,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.threads import worker_env
+
 REPO = Path(__file__).resolve().parents[1]
-# Relative cost of a stage by its command's stage module (the optimisation stages dominate): the scheduler starts
-# the costliest ready stage first so the long chains do not end alone.
 # dvc.yaml entries (by name) that collect whatever their methods made (a missing asset is a row with its reason in
 # their report): they run once every stage they wait for has finished, failed or not.
 COLLECTORS = ("report", "comparison")
-# Keyed by the params section a stage runs under (a shared stage's own section: MVDream's mv_nerf is nerf_sds at 4
-# views a step, ~3x DreamFusion's; ProlificDreamer's vsd_nerf ~1.5-2x), else by its module. Measured in the run of
-# 2026-11-30 (stage seconds, two at a time): nerf_sds 80-145, mv_nerf 290-315, vsd_nerf 130-190, sdf_nerf 95-100,
-# dmtet_refine / vsd_texture 45-60, extract / bake / export / evaluate 4-15.
+# Relative cost of a stage (the optimisation stages dominate): the scheduler starts the costliest ready stage first
+# so the long chains do not end alone. Keyed by the params section a stage runs under (a shared stage's own section:
+# MVDream's mv_nerf is nerf_sds at 4 views a step, ~3x DreamFusion's; ProlificDreamer's vsd_nerf ~1.5-2x), else by
+# its module. Measured in the run of 2026-11-30 (stage seconds, two at a time): nerf_sds 80-145, mv_nerf 290-315,
+# vsd_nerf 130-190, sdf_nerf 95-100, dmtet_refine / vsd_texture 45-60, extract / bake / export / evaluate 4-15.
 COST = {"nerf_sds": 6, "mv_nerf": 18, "vsd_nerf": 10, "sdf_nerf": 6, "dmtet_refine": 4, "vsd_texture": 4,
         "texture_finetune": 2, "pseudo_gt": 2, "train_prior": 200, "train_latent_prior": 200, "train_mv_prior": 200}
 
@@ -97,8 +98,7 @@ def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print,
              threads: int | None = None) -> tuple[list[str], list[str]]:
     """Run the plan with ``threads`` torch threads per stage (default cores / jobs); returns (done, failed) stage
     names. A stage whose dependency failed counts as failed."""
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "DVC_NO_ANALYTICS": "1"}
+    env = {**worker_env(jobs, threads), "DVC_NO_ANALYTICS": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     done: list[str] = []
     failed: list[str] = []
@@ -119,7 +119,8 @@ def run_plan(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, echo=print,
                     failed.append(name)
                     echo(f"skipped {name}: a stage it needs failed")
             finished_names = set(done) | set(failed)
-            ready = sorted((n for n in todo if p.needs[n] <= (finished_names if _collects(n) else set(done))), key=lambda n: -p.priority[n])
+            ready = sorted((n for n in todo if p.needs[n] <= (finished_names if _collects(n) else set(done))),
+                           key=lambda n: -p.priority[n])
             for name in ready[: jobs - len(running)]:
                 todo.discard(name)
                 running[pool.submit(run_one, name)] = (name, time.perf_counter())

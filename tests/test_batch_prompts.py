@@ -168,11 +168,11 @@ def test_batch_cli_rejects_a_missing_source_in_one_line(fake_home):
 
 
 def test_batch_workers_share_the_cores(monkeypatch) -> None:
-    """Each of `concurrency` subprocess workers gets cores / concurrency threads (at least 1); an explicit
-    OMP_NUM_THREADS wins."""
+    """Each of `concurrency` subprocess workers gets cores / concurrency threads (at least 1); for a batch's workers
+    an explicit OMP_NUM_THREADS wins (make run's stages get cores / jobs or --threads whatever is set)."""
     import os
 
-    from flows.batch import worker_env
+    from flows.threads import worker_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
@@ -180,4 +180,6 @@ def test_batch_workers_share_the_cores(monkeypatch) -> None:
     assert worker_env(2)["OMP_NUM_THREADS"] == str(max(1, cores // 2)) == worker_env(2)["MKL_NUM_THREADS"]
     assert worker_env(10 * cores)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert worker_env(2)["OMP_NUM_THREADS"] == "3"
+    assert worker_env(2, keep_explicit=True)["OMP_NUM_THREADS"] == "3"
+    assert worker_env(2)["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    assert worker_env(2, threads=4)["MKL_NUM_THREADS"] == "4"

@@ -85,6 +85,11 @@ def front_face_rate(m: Mapping[str, Any]) -> float | None:
     return sum(bool(v.get("pred_face")) for v in views) / len(views) if views else None
 
 
+def _iou_by_scale(sweep: Mapping[float, Sequence[Mapping[str, Any]]]) -> dict[float, float]:
+    """{guidance scale: mean all-view IoU over its seeds}, ascending, scales without an IoU left out."""
+    return {w: v for w in sorted(sweep) if (v := mean_of(sweep[w], "iou_all_views")) is not None}
+
+
 def oversaturation(ev: Evidence) -> Claim:
     """SDS's saturation excess grows with the guidance scale (higher at the largest scale than at the smallest) and
     is over-saturated (> SATURATION_EXCESS) at the largest: reproduced when both hold, mixed when one does."""
@@ -103,8 +108,7 @@ def oversaturation(ev: Evidence) -> Claim:
 def sds_needs_large_guidance(ev: Evidence) -> Claim:
     """SDS needs a large guidance scale (DreamFusion uses 100): at the sweep's smallest scale the all-view IoU is
     worse than at its best scale by more than IOU_TOLERANCE. Reproduced when it is, not reproduced otherwise."""
-    sweep = ev.sweeps.get("sds") or {}
-    iou = {w: v for w in sorted(sweep) if (v := mean_of(sweep[w], "iou_all_views")) is not None}
+    iou = _iou_by_scale(ev.sweeps.get("sds") or {})
     if len(iou) < 2:
         return Claim("sds_large_guidance", "SDS needs a large guidance scale", NO_DATA, "no SDS sweep", {})
     best, small = max(iou, key=iou.get), min(iou)
@@ -151,8 +155,7 @@ def vsd_ordinary_guidance(ev: Evidence, scale: float = 7.5) -> Claim:
     """VSD at guidance 7.5 matches SDS's best all-view IoU over the sweep (within IOU_TOLERANCE) with a lower
     saturation excess than SDS at that best scale. Reproduced when both, mixed when one."""
     sds, vsd = ev.sweeps.get("sds") or {}, ev.sweeps.get("vsd") or {}
-    sds_iou = {w: mean_of(ms, "iou_all_views") for w, ms in sds.items()}
-    sds_iou = {w: v for w, v in sds_iou.items() if v is not None}
+    sds_iou = _iou_by_scale(sds)
     at = min(vsd, key=lambda w: abs(w - scale)) if vsd else None
     if not sds_iou or at is None:
         return Claim("vsd_ordinary_guidance", "VSD works at ordinary guidance (7.5) with less saturation", NO_DATA,
