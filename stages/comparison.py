@@ -89,8 +89,10 @@ def point_result(results: Path, run: str, spec: RunSpec, point) -> dict[str, Any
     return {"metrics": _json(own / "metrics" / f"{point.name}.json"), "asset": str(own / "asset" / point.name)}
 
 
-def evidence(data: dict[str, Any]):
-    """The claims' Evidence (distill3d.report.claims) from ``gather``'s data."""
+def evidence(data: dict[str, Any], sds_seed_distances: dict[float, float] | None = None):
+    """The claims' Evidence (distill3d.report.claims) from ``gather``'s data; the SDS seeds' render distances are
+    measured on the assets (``seed_diversity``) unless given (``committed_seed_diversity``: the assets are DVC
+    outputs, absent from a clone that has only git's files)."""
     from distill3d.report.claims import Evidence
 
     ev = Evidence()
@@ -110,7 +112,9 @@ def evidence(data: dict[str, Any]):
                         float(r["metrics"]["diversity"]))
             elif r["evidence"] in janus_groups:
                 ev.janus.setdefault(janus_groups[r["evidence"]], []).append(r["metrics"])
-    for scale, distance in seed_diversity(data, "sds").items():
+    if sds_seed_distances is None:
+        sds_seed_distances = seed_diversity(data, "sds")
+    for scale, distance in sds_seed_distances.items():
         ev.diversity.setdefault("sds", {})[scale] = [distance]
     return ev
 
@@ -129,6 +133,17 @@ def seed_diversity(data: dict[str, Any], kind: str) -> dict[float, float]:
                 by_scale.setdefault(float(r["value"]), {})[r["seed"]] = asset
     return {w: mean_pairwise_distance([load_asset(a) for a in assets.values()])
             for w, assets in sorted(by_scale.items()) if len(assets) > 1}
+
+
+SEED_DIVERSITY = "seed_diversity.sds."  # metrics.json keys: SEED_DIVERSITY + guidance scale
+
+
+def committed_seed_diversity(summary: Path) -> dict[float, float]:
+    """{guidance scale: SDS seed distance} as the comparison stage wrote them to its metrics file (the committed
+    data/comparison_summary.json); empty when there is none."""
+    flat = _json(summary) or {}
+    return {float(k.removeprefix(SEED_DIVERSITY)): float(v) for k, v in flat.items()
+            if k.startswith(SEED_DIVERSITY) and isinstance(v, (int, float))}
 
 
 def _mean(values: list) -> float | None:
@@ -203,5 +218,6 @@ def run(params: Params, inputs: dict[str, Path], out: Path) -> dict:
         indent=2, default=str))
     flat = {f"{m}.{path}": v for m, row in table.items() for path, v in row.items() if v is not None}
     flat.update({f"claim.{c.key}": c.verdict for c in claims})
+    flat.update({f"{SEED_DIVERSITY}{w:g}": d[0] for w, d in ev.diversity.get("sds", {}).items()})
     (out / "metrics.json").write_text(json.dumps(flat, indent=2, sort_keys=True))
     return {"claims": {c.key: c.verdict for c in claims}, "methods": sorted(table), "missing": len(failures)}

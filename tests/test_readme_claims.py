@@ -42,3 +42,24 @@ def test_the_block_follows_a_metric(tmp_path) -> None:
     text = readme.read_text()
     assert text.startswith("# title\n\n") and text.endswith(f"{END}\n\nmore\n") and "old" not in text
     assert replace_block(text, results_block(data, params)) == text
+
+
+def test_the_sds_seed_distance_comes_from_the_committed_summary_not_the_assets(tmp_path) -> None:
+    """A git clone has the metrics and data/comparison_summary.json but not the GLBs (DVC outputs): the diversity
+    claim must read the SDS seeds' distance the comparison stage measured and committed."""
+    from stages.comparison import SEED_DIVERSITY
+
+    params = tmp_path / "params.yaml"
+    params.write_text("comparison:\n  runs:\n    vsd: {method: prolificdreamer, prompt: cube, evidence: vsd, "
+                      "sweep: {vsd_nerf.guidance.guidance_scale: [7.5]}}\n")
+    data = tmp_path / "data"
+    vsd = data / "runs" / "vsd" / "metrics"
+    vsd.mkdir(parents=True)
+    (vsd / "w7_5-s0.json").write_text(json.dumps({**fake_metrics(0.8, 0.6), "diversity": 0.02}))
+    claim = "| VSD's particles are more diverse than SDS's seeds | **{}** |"
+    assert claim.format("no data") in results_block(data, params)  # no assets and no summary: no SDS distance
+    summary = data / "comparison_summary.json"
+    summary.write_text(json.dumps({f"{SEED_DIVERSITY}7.5": 0.03, "claim.vsd_diversity": "not reproduced"}))
+    assert claim.format("not reproduced") in results_block(data, params)
+    summary.write_text(json.dumps({f"{SEED_DIVERSITY}7.5": 0.01}))
+    assert claim.format("reproduced") in results_block(data, params)
