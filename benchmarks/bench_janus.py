@@ -1,0 +1,106 @@
+"""The Janus study (MVDream's claim): on face prompts no test uses, over 3 seeds, how often DreamFusion without
+view-dependent prompts, DreamFusion with them, and MVDream draw a face where it does not belong.
+
+    python benchmarks/bench_janus.py [--out /tmp/janus] [--seeds 0,1,2] [--concurrency 2]
+
+Every group runs with the settings under which SDS draws a face at all in the toy world (FACE_SETTINGS): at the
+defaults no method does (albedo is shown in 20 % of steps, and lambertian / textureless shading lets the field
+explain the dark features away; measured on "an orange sphere with a face": guidance 5 / 20 / 100 and the latent
+prior: no face; albedo-only at guidance 20: the face in 2 of 3 front views, none behind). A Janus rate of 0 means
+something only beside the front-face rate: the share of front views where the face is found.
+
+Each group is one `distill3d compare` into OUT/<group>; this script then reads every asset's metrics (the toy world's
+face detector, distill3d/metrics/janus.py), writes benchmarks/results/janus.json and docs/figures/janus.png (each
+group's assets from the front and the back) and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mdtable import MarkdownTable, save_json  # noqa: E402
+
+PROMPTS = ("a purple sphere with a face", "a yellow cube with a face")
+# {group: (method, its distillation stage, its own overrides)}
+GROUPS = {
+    "dreamfusion_no_view_prompts": ("dreamfusion", "nerf_sds", ["optimize.view_dependent_prompts=false"]),
+    "dreamfusion": ("dreamfusion", "nerf_sds", []),
+    "mvdream": ("mvdream", "mv_nerf", []),
+}
+FACE_SETTINGS = ["optimize.shading_probs={albedo: 1.0}", "guidance.guidance_scale=20"]  # of each distillation stage
+
+
+def run_group(group: str, out: Path, seeds: str, concurrency: int) -> None:
+    method, stage, own = GROUPS[group]
+    prompts = out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    cmd = [sys.executable, "-m", "flows.cli", "compare", "--prompts", str(prompts), "--out", str(out / group),
+           "--methods", method, "--seeds", seeds, "--concurrency", str(concurrency), "--title", f"Janus: {group}"]
+    for item in FACE_SETTINGS + own:
+        cmd += ["--set", f"{stage}.{item}"]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def asset_row(metrics: dict) -> dict:
+    """Janus rate, front-face rate and the headline metrics of one asset's metrics.json."""
+    views = metrics["janus"]["per_view"]
+    fronts = [v["pred_face"] for v in views if v["kind"] == "front"]
+    return {"janus_rate": metrics["janus"]["rate"], "front_face_rate": sum(fronts) / max(len(fronts), 1),
+            "iou_all_views": metrics["iou_all_views"], "colour_error_lab": metrics["colour_error_lab"]}
+
+
+def collect(out: Path) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for group in GROUPS:
+        for metrics_file in sorted((out / group / "runs").glob("*/metrics.json")):
+            metrics = json.loads(metrics_file.read_text())
+            seed = int(metrics_file.parent.name.rsplit("-s", 1)[1])
+            rows.setdefault(group, []).append({"prompt": metrics["prompt"], "seed": seed,
+                                               "asset": str(metrics_file.parent), **asset_row(metrics)})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/janus_study"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="only read OUT's finished assets")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not args.report_only:
+        for group in GROUPS:
+            run_group(group, args.out, args.seeds, args.concurrency)
+    rows = collect(args.out)
+    table = MarkdownTable(("group", "s"), ("assets", "d"), ("Janus rate", ".3f"), ("face in front views", ".3f"),
+                          ("all-view IoU", ".3f"), ("colour error", ".1f"))
+    summary = {}
+    for group, items in rows.items():
+        summary[group] = {k: statistics.fmean(r[k] for r in items)
+                          for k in ("janus_rate", "front_face_rate", "iou_all_views", "colour_error_lab")}
+        table.row(group, len(items), *summary[group].values())
+    save_json(ROOT / "benchmarks" / "results" / "janus.json",
+              {"prompts": list(PROMPTS), "settings": FACE_SETTINGS, "groups": GROUPS, "seeds": args.seeds,
+               "summary": summary,
+               "assets": {g: [{k: v for k, v in r.items() if k != "asset"} for r in items]
+                          for g, items in rows.items()}})
+    from distill3d.report.side_by_side import methods_figure
+
+    figure = methods_figure({g: {f"{r['prompt']} s{r['seed']}": Path(r["asset"]) for r in items}
+                             for g, items in rows.items()}, ROOT / "docs" / "figures" / "janus.png")
+    print(f"figure: {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
