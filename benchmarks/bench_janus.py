@@ -51,21 +51,22 @@ def run_group(group: str, out: Path, seeds: str, concurrency: int) -> None:
 
 
 def asset_row(metrics: dict) -> dict:
-    """Janus rate, front-face rate and the headline metrics of one asset's metrics.json."""
-    views = metrics["janus"]["per_view"]
-    fronts = [v["pred_face"] for v in views if v["kind"] == "front"]
-    return {"janus_rate": metrics["janus"]["rate"], "front_face_rate": sum(fronts) / max(len(fronts), 1),
+    """Janus rate, front-face rate (the claims table's own measure) and the headline metrics of one asset."""
+    from distill3d.report.claims import front_face_rate
+
+    return {"janus_rate": metrics["janus"]["rate"], "front_face_rate": front_face_rate(metrics),
             "iou_all_views": metrics["iou_all_views"], "colour_error_lab": metrics["colour_error_lab"]}
 
 
 def collect(out: Path) -> dict[str, list[dict]]:
+    """{group: rows} from each compare's summary.json (its finished items: prompt, seed, asset folder)."""
     rows: dict[str, list[dict]] = {}
     for group in GROUPS:
-        for metrics_file in sorted((out / group / "runs").glob("*/metrics.json")):
-            metrics = json.loads(metrics_file.read_text())
-            seed = int(metrics_file.parent.name.rsplit("-s", 1)[1])
-            rows.setdefault(group, []).append({"prompt": metrics["prompt"], "seed": seed,
-                                               "asset": str(metrics_file.parent), **asset_row(metrics)})
+        for item in json.loads((out / group / "summary.json").read_text()):
+            if item["status"] in ("ok", "cached"):
+                metrics = json.loads((Path(item["out"]) / "metrics.json").read_text())
+                rows.setdefault(group, []).append({"prompt": item["prompt"], "seed": item["seed"],
+                                                   "asset": item["out"], **asset_row(metrics)})
     return rows
 
 
