@@ -161,7 +161,9 @@ def main() -> int:
     sections = set(args.sections.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    result["machine"] = {"cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS", "default")}
+    # The machine each section ran on, kept with the section (a later run of other sections leaves it alone).
+    machine = {"cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+               "date": time.strftime("%Y-%m-%d")}
     # The step's and e2e rows' multiples use this run's reference; a later run of other sections keeps its own
     # references in its section (this VM's speed drifts by ~25 % between runs), never overwriting the ones they used.
     ref = reference(args.prior)
@@ -181,7 +183,7 @@ def main() -> int:
                                 **throughput(BATCH, [int(c) for c in args.concurrency.split(",")])}
     if "scaling" in sections:
         result["scaling"] = {"rows": scaling(args.prior)}
-    refs = {"reference_s": round(ref, 2), "reference_end_s": round(reference(args.prior), 2)}
+    refs = {"reference_s": round(ref, 2), "reference_end_s": round(reference(args.prior), 2), "machine": machine}
     if sections & {"step", "e2e"}:
         result.update(refs)
     for section in sections & {"throughput", "scaling"}:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -171,7 +172,8 @@ def _entry(stage: str, group: list[Instance]) -> dict[str, Any]:
         name = inst.prompt if by_prompt else inst.label
         items[name] = {"prompt": inst.prompt, "out": inst.out, **{f"in_{p}": inst.inputs[p] for p in ports}}
         if any(i.sets for i in group):
-            items[name]["sets"] = " ".join(f"--set {x}" for x in inst.sets)
+            # quoted for the shell: a mapping or a string with spaces stays one `--set` argument
+            items[name]["sets"] = " ".join(f"--set {shlex.quote(x)}" for x in inst.sets)
     section = group[0].section
     cmd = [f"python -m stages {stage} --params {PARAMS}" + (f" --section {section}" if section != stage else "")]
     if _takes_prompt(stage):

@@ -162,3 +162,21 @@ def test_dvc_status_after_touching_the_turntable_lists_only_the_stages_that_use_
              if any(d["path"] == "distill3d/viz/turntable.py" for d in entry.get("deps", []))}
     assert users and gained == users
     assert not any(n.startswith(("nerf_sds@", "sdf_nerf@", "extract_mesh@")) for n in gained)
+
+
+def test_a_runs_mapping_override_reaches_the_stage_as_one_argument(tmp_path) -> None:
+    """A comparison run's override whose value is a mapping (`shading_probs: {albedo: 1.0}`) is one shell word in the
+    generated command and parses back to the mapping."""
+    from stages.core.params import parse_override
+
+    (tmp_path / "params.yaml").write_text(
+        "prior: {path: models/toy_prior}\nprompts:\n  face: an orange sphere with a face\nmethods: [dreamfusion]\n"
+        "comparison:\n  runs:\n"
+        "    janus: {method: dreamfusion, prompt: face, seeds: [1], evidence: janus_view_prompts,\n"
+        "            set: {nerf_sds.optimize.shading_probs: {albedo: 1.0}, nerf_sds.guidance.guidance_scale: 20}}\n")
+    stages = yaml.safe_load(generate(tmp_path / "params.yaml"))["stages"]
+    item = stages["nerf_sds"]["foreach"]["janus-s1"]
+    words = shlex.split(item["sets"])
+    assert words[0::2] == ["--set"] * 3
+    assert dict(parse_override(w) for w in words[1::2]) == {
+        "guidance.guidance_scale": 20, "optimize.shading_probs": {"albedo": 1.0}, "seed": 1}

@@ -239,3 +239,22 @@ def test_multiview_attention_on_feature_maps_and_which_layers_get_it(prior) -> N
              for k, v in prior.unet.attn_processors.items()}
     assert n == sum(not cross for _, cross in kinds.values()) > 0
     assert all((name == "MultiViewAttnProcessor") != cross for name, cross in kinds.values())
+
+
+def test_detail_loss_weight_reweights_pixels_of_detailed_images_only(prior) -> None:
+    """multiview_loss with detail weights: a flat image (no local contrast) keeps its loss, an image with a stripe gets
+    a different one (more weight on the stripe's edges), the same noise and t drawn either way."""
+    import distill3d.priors.multiview_training as mt
+
+    cams = sample_multiview_cameras(1, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        text = prior.text_encoder(prior.tokenize(["a red cube"] * 4)).last_hidden_state
+
+        def loss(x0, w):
+            return mt.multiview_loss(prior, x0, cams, text, torch.Generator().manual_seed(1), 5.0, w).item()
+
+        flat = torch.full((4, 3, 16, 16), 0.3)
+        striped = flat.clone()
+        striped[:, :, 6:9] = -0.8
+        assert loss(flat, 1.0) == pytest.approx(loss(flat, 0.0), rel=1e-6)
+        assert abs(loss(striped, 1.0) - loss(striped, 0.0)) > 1e-3 * loss(striped, 0.0)
