@@ -3,8 +3,9 @@ view-dependent prompts, DreamFusion with them, and MVDream draw a face where it 
 
     python benchmarks/bench_janus.py [--out /tmp/janus] [--seeds 0,1,2] [--concurrency 2]
 
-Every group runs with the settings under which SDS draws a face at all in the toy world (FACE_SETTINGS): at the
-defaults no method does (albedo is shown in 20 % of steps, and lambertian / textureless shading lets the field
+Each group repeats one of the make-run Janus runs (params.yaml `comparison.runs`: its method and overrides, the
+settings under which SDS draws a face at all in the toy world) on this study's prompts and seeds: at the defaults no
+method draws a face (albedo is shown in 20 % of steps, and lambertian / textureless shading lets the field
 explain the dark features away; measured on "an orange sphere with a face": guidance 5 / 20 / 100 and the latent
 prior: no face; albedo-only at guidance 20: the face in 2 of 3 front views, none behind). A Janus rate of 0 means
 something only beside the front-face rate: the share of front views where the face is found.
@@ -28,25 +29,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mdtable import MarkdownTable, save_json  # noqa: E402
+from stages.core.params import read_params_file  # noqa: E402
+from stages.shared.runs import RunSpec  # noqa: E402
 
 PROMPTS = ("a purple sphere with a face", "a yellow cube with a face")
-# {group: (method, its distillation stage, its own overrides)}
-GROUPS = {
-    "dreamfusion_no_view_prompts": ("dreamfusion", "nerf_sds", ["optimize.view_dependent_prompts=false"]),
-    "dreamfusion": ("dreamfusion", "nerf_sds", []),
-    "mvdream": ("mvdream", "mv_nerf", []),
-}
-FACE_SETTINGS = ["optimize.shading_probs={albedo: 1.0}", "guidance.guidance_scale=20"]  # of each distillation stage
+# {group: the make-run Janus run (params.yaml comparison.runs) whose method and overrides the group repeats}
+GROUPS = {"dreamfusion_no_view_prompts": "janus_no_view", "dreamfusion": "janus_view", "mvdream": "janus_mv"}
 
 
-def run_group(group: str, out: Path, seeds: str, concurrency: int) -> None:
-    method, stage, own = GROUPS[group]
+def group_specs() -> dict[str, RunSpec]:
+    runs = read_params_file(ROOT / "params.yaml")["comparison"]["runs"]
+    return {group: RunSpec.model_validate(runs[run]) for group, run in GROUPS.items()}
+
+
+def run_group(group: str, spec: RunSpec, out: Path, seeds: str, concurrency: int) -> None:
     prompts = out / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     cmd = [sys.executable, "-m", "flows.cli", "compare", "--prompts", str(prompts), "--out", str(out / group),
-           "--methods", method, "--seeds", seeds, "--concurrency", str(concurrency), "--title", f"Janus: {group}"]
-    for item in FACE_SETTINGS + own:
-        cmd += ["--set", f"{stage}.{item}"]
+           "--methods", spec.method, "--seeds", seeds, "--concurrency", str(concurrency), "--title", f"Janus: {group}"]
+    for key, value in spec.set.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
@@ -79,9 +81,10 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    specs = group_specs()
     if not args.report_only:
-        for group in GROUPS:
-            run_group(group, args.out, args.seeds, args.concurrency)
+        for group, spec in specs.items():
+            run_group(group, spec, args.out, args.seeds, args.concurrency)
     rows = collect(args.out)
     table = MarkdownTable(("group", "s"), ("assets", "d"), ("Janus rate", ".3f"), ("face in front views", ".3f"),
                           ("all-view IoU", ".3f"), ("colour error", ".1f"))
@@ -91,7 +94,8 @@ def main() -> int:
                           for k in ("janus_rate", "front_face_rate", "iou_all_views", "colour_error_lab")}
         table.row(group, len(items), *summary[group].values())
     save_json(ROOT / "benchmarks" / "results" / "janus.json",
-              {"prompts": list(PROMPTS), "settings": FACE_SETTINGS, "groups": GROUPS, "seeds": args.seeds,
+              {"prompts": list(PROMPTS), "seeds": args.seeds,
+               "groups": {g: {"run": GROUPS[g], "method": spec.method, "set": spec.set} for g, spec in specs.items()},
                "summary": summary,
                "assets": {g: [{k: v for k, v in r.items() if k != "asset"} for r in items]
                           for g, items in rows.items()}})
