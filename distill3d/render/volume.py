@@ -1,4 +1,4 @@
-"""Volume rendering of a radiance field through nerfacc (NeRF quadrature, DreamFusion Sec. 3.1 / eq. in Mildenhall 2020).
+"""Volume rendering of a radiance field through nerfacc (NeRF quadrature, DreamFusion Sec. 3.1; Mildenhall 2020).
 
     w_i = T_i (1 - exp(-sigma_i delta_i)),  T_i = exp(-sum_{j<i} sigma_j delta_j)
     rgb = sum_i w_i c_i + (1 - opacity) * background,  opacity = sum_i w_i,  depth = sum_i w_i t_i / opacity
@@ -30,7 +30,8 @@ from distill3d.cameras import Cameras, camera_rays
 Shading = Literal["albedo", "lambertian", "textureless"]
 
 
-def ray_box_intersect(o: torch.Tensor, d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ray_box_intersect(o: torch.Tensor, d: torch.Tensor,
+                      bound: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Slab test of rays o, d (R, 3) against [-bound, bound]^3 -> t_near (R,), t_far (R,), hit (R,) bool.
 
     t_near is clamped to >= 0 (cameras outside the box start at the entry point, inside at the camera).
@@ -48,8 +49,9 @@ class OccupancyCache(nn.Module):
 
     ``update(field, step)`` refreshes it every ``update_every`` steps from the field's density (cell occupied when
     sigma * step_size > threshold, EMA of densities as in Instant-NGP / nerfacc). On CUDA (``use_nerfacc``) it wraps a
-    ``nerfacc.OccGridEstimator``; elsewhere it keeps a (resolution^3,) density grid in torch, dilated by one cell
-    when binarised so a surface moving within a step is not cut away.
+    ``nerfacc.OccGridEstimator``; elsewhere it keeps a (resolution^3,) density grid in torch, binarised as nerfacc's
+    (no dilation: a one-cell dilation kept 91 % of the box occupied on a red cube at step 600 against 50 % without,
+    and cost the SDS step 67 ms against 56; a cell the surface grows into is found at a later update, as on CUDA).
     """
 
     def __init__(
@@ -95,8 +97,7 @@ class OccupancyCache(nn.Module):
         x = ((grid + jitter) / r * 2.0 - 1.0) * self.bound
         sigma = field.density(x)
         self.density.copy_(torch.maximum(self.density * self.ema_decay, sigma))
-        occ = (self.density * self.step_size > self.threshold).float().view(1, 1, r, r, r)
-        self.binary.copy_(nn.functional.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0)
+        self.binary.copy_((self.density * self.step_size > self.threshold).view(r, r, r))
 
     def occupied(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> (N,) bool, True where the cell holding x is occupied (CPU grid only)."""
@@ -105,7 +106,8 @@ class OccupancyCache(nn.Module):
         return self.binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
 
 
-def _shade(albedo: torch.Tensor, normals: torch.Tensor | None, light: torch.Tensor | None, mode: str, ambient: float) -> torch.Tensor:
+def _shade(albedo: torch.Tensor, normals: torch.Tensor | None, light: torch.Tensor | None, mode: str,
+           ambient: float) -> torch.Tensor:
     """Per-sample colour (M, 3) from albedo (M, 3), normals (M, 3), light (M, 3) (shading.py, DreamFusion 3.1)."""
     if mode == "albedo":
         return albedo
