@@ -76,6 +76,23 @@ def test_field_density_zero_outside_box_and_blob_inside() -> None:
     torch.testing.assert_close(f.albedo(x), albedo)
 
 
+def test_support_radius_zeroes_density_outside_its_ball_only() -> None:
+    torch.manual_seed(0)
+    boxed = RadianceField()
+    _random_table(boxed.encoding, 1.0)  # a field with density everywhere, as a hazy one
+    balled = RadianceField(FieldConfig(support_radius=0.9))
+    balled.load_state_dict(boxed.state_dict())
+    x = torch.rand(4000, 3) * 2 - 1
+    inside = x.norm(dim=-1) <= 0.9
+    sigma_box, sigma_ball = boxed.density(x), balled.density(x)
+    assert (sigma_box[~inside] > 0).all()  # the box alone keeps density in the corners ...
+    assert (sigma_ball[~inside] == 0).all()  # ... the ball does not
+    torch.testing.assert_close(sigma_ball[inside], sigma_box[inside])
+    torch.testing.assert_close(balled.query(x, normals=True).sigma, sigma_ball)  # the normals path agrees
+    with pytest.raises(ValueError, match="support_radius must be in"):
+        RadianceField(FieldConfig(support_radius=0.0))
+
+
 def test_field_normals_point_outward_of_blob_and_train() -> None:
     f = RadianceField(FieldConfig(density_activation="trunc_exp"))
     x = torch.randn(64, 3)

@@ -2,7 +2,8 @@
 
 sigma(x) = act(h(x) + sigma_blob(x) + density_shift), albedo(x) = sigmoid(g(x)), with h, g one small MLP on the
 hash-grid features. DreamFusion's density blob (Appendix A.2) sigma_blob(x) = lambda * exp(-|x|^2 / (2 r^2))
-starts the optimisation from a ball at the origin. Points outside [-bound, bound]^3 have zero density.
+starts the optimisation from a ball at the origin. Points outside [-bound, bound]^3 (and, with ``support_radius``,
+outside that ball) have zero density.
 
 Every field the renderer accepts implements ``query(x, normals=..., create_graph=...) -> FieldOutput`` and has
 ``bound``; an SDF field (TextMesh) implements the same method with its own density conversion.
@@ -54,6 +55,10 @@ class FieldConfig:
     blob_density: float = 10.0
     blob_radius: float = 0.3
     density_shift: float = -4.0  # constant added before the activation so empty space starts (nearly) empty
+    # Density is zero outside the ball of this radius (None: outside the box only). A ball that holds the objects
+    # but not the frame's corners takes away the field's cheapest fake background: an opaque shell near the box's
+    # faces fills every view and passes for a pastel background (MVDream's white cylinder, see params.yaml).
+    support_radius: float | None = None
 
     @property
     def bound(self) -> float:
@@ -95,6 +100,10 @@ class RadianceField(nn.Module):
             raise ValueError(f"unknown density_activation {self.cfg.density_activation!r}")
         if self.cfg.blob not in ("gaussian", "linear", "none"):
             raise ValueError(f"unknown blob {self.cfg.blob!r}")
+        r = self.cfg.support_radius
+        if r is not None and not 0 < r <= self.bound * 3**0.5:
+            raise ValueError(f"support_radius must be in (0, {self.bound * 3**0.5:.3g}] (the box's half diagonal), "
+                             f"got {r}; leave it unset to bound the field by its box only")
 
     @property
     def bound(self) -> float:
@@ -136,6 +145,8 @@ class RadianceField(nn.Module):
     def _activate(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         sigma = nn.functional.softplus(raw) if self.cfg.density_activation == "softplus" else trunc_exp(raw)
         inside = (x.abs() <= self.bound).all(dim=-1)
+        if self.cfg.support_radius is not None:
+            inside = inside & ((x * x).sum(-1) <= self.cfg.support_radius**2)
         return torch.where(inside, sigma, torch.zeros_like(sigma))
 
     def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
