@@ -86,13 +86,12 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     specs = group_specs()
     if not args.report_only:
-        unknown = set(args.groups.split(",")) - set(specs)
+        chosen = args.groups.split(",")
+        unknown = set(chosen) - set(specs)
         if unknown:
             parser.error(f"unknown groups {sorted(unknown)}: choose from {', '.join(specs)}")
-        for group, spec in specs.items():
-            if group not in args.groups.split(","):
-                continue
-            run_group(group, spec, args.out, args.seeds, args.concurrency)
+        for group in chosen:
+            run_group(group, specs[group], args.out, args.seeds, args.concurrency)
     rows = collect(args.out)
     table = MarkdownTable(("group", "s"), ("assets", "d"), ("Janus rate", ".3f"), ("face in front views", ".3f"),
                           ("all-view IoU", ".3f"), ("colour error", ".1f"))
