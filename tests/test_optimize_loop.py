@@ -9,7 +9,7 @@ import torch
 
 from distill3d.fields.encoding import HashGridConfig
 from distill3d.fields.nerf import FieldConfig, RadianceField
-from distill3d.guidance.sds import SDSConfig
+from distill3d.guidance.sds import SDSConfig, surrogate_loss
 from distill3d.optimize.config import DistillConfig
 from distill3d.optimize.loop import choose_shading, distill
 from distill3d.optimize.scene import volume_scene
@@ -167,3 +167,41 @@ def test_several_scenes_are_particles_of_one_guidance_call() -> None:
     assert batches == [4] * 4
     after = [f.encoding.table.detach() for f in (a, b)]
     assert all(not torch.equal(x, y) for x, y in zip(before, after)) and not torch.equal(after[0], after[1])
+
+
+def test_renders_receive_the_guidance_gradient_contiguous() -> None:
+    """The guidance scores (B, 3, H, W) images; the renders are (B, H, W, 3). The gradient reaching the renders is
+    the guidance's, transposed back, and contiguous (the renderer's backward gathers it by ray: a transposed
+    gradient made that gather ~60x slower)."""
+    target = torch.rand(2, 3, 8, 8)
+    seen: list[torch.Tensor] = []
+
+    class Hooked(torch.nn.Module):
+        def __init__(self, scene):
+            super().__init__()
+            self.scene = scene
+
+        def render(self, *args, **kwargs):
+            out = self.scene.render(*args, **kwargs)
+            out["rgb"].register_hook(lambda g: seen.append(g))
+            return out
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.scene, name)
+
+    class Surrogate:  # SDS's stop-gradient surrogate: gradient g / B w.r.t. the images, g = images - target
+        def __call__(self, prior, images, text, progress, generator=None, cameras=None):
+            return {"loss_sds": surrogate_loss(images, images.detach() - target)[0]}
+
+    cfg = _cfg(steps=1, views_per_step=2, lambda_opacity=0.0, lambda_orient=0.0, albedo_only_fraction=1.0)
+    scene = volume_scene(_field(), cfg)
+    images: list[torch.Tensor] = []
+    orig = scene.render
+    scene.render = lambda *a, **k: (lambda o: (images.append(o["rgb"].detach().clone()), o)[1])(orig(*a, **k))
+    distill([Hooked(scene)], LinearPrior(), "a red cube", cfg, seed=0, progress=False, guidance=Surrogate())
+    (grad,) = seen
+    assert grad.shape == (2, 8, 8, 3) and grad.is_contiguous()
+    assert torch.allclose(grad, (images[0] - target.permute(0, 2, 3, 1)) / 2, atol=1e-6)

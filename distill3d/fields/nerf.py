@@ -11,7 +11,6 @@ Every field the renderer accepts implements ``query(x, normals=..., create_graph
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
+from distill3d.fields.files import read_field, write_field
 from distill3d.fields.jacobian import mlp_with_input_grad
 
 
@@ -40,6 +40,11 @@ class _TruncExp(torch.autograd.Function):
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
+
+
+def inside_box(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """(N, 3) -> (N,) bool: x in [-bound, bound]^3, the box outside which every field's density is zero."""
+    return (x.abs() <= bound).all(dim=-1)
 
 
 @dataclass
@@ -144,7 +149,7 @@ class RadianceField(nn.Module):
 
     def _activate(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         sigma = nn.functional.softplus(raw) if self.cfg.density_activation == "softplus" else trunc_exp(raw)
-        inside = (x.abs() <= self.bound).all(dim=-1)
+        inside = inside_box(x, self.bound)
         if self.cfg.support_radius is not None:
             inside = inside & ((x * x).sum(-1) <= self.cfg.support_radius**2)
         return torch.where(inside, sigma, torch.zeros_like(sigma))
@@ -189,21 +194,11 @@ class RadianceField(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         """Write ``field.json`` (type + config) and ``field.safetensors`` (weights) into ``directory``."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "field.json").write_text(json.dumps({"type": "RadianceField", "config": self.cfg.to_dict()}, indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(d / "field.safetensors"))
+        write_field(self, directory, "RadianceField", self.cfg.to_dict())
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "RadianceField":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        meta = json.loads((d / "field.json").read_text())
-        if meta.get("type") != "RadianceField":
-            raise ValueError(f"{d} holds a {meta.get('type')!r}, not a RadianceField")
-        f = cls(FieldConfig.from_dict(meta["config"]))
-        f.load_state_dict(load_file(str(d / "field.safetensors")))
+        config, weights = read_field(directory, "RadianceField", "a")
+        f = cls(FieldConfig.from_dict(config))
+        f.load_state_dict(weights)
         return f.to(device)

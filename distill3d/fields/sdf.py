@@ -21,7 +21,6 @@ run marching cubes on ``sdf`` at its zero level. ``eikonal_loss`` is the regular
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +29,9 @@ import torch
 from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
+from distill3d.fields.files import read_field, write_field
 from distill3d.fields.jacobian import mlp_with_input_grad
-from distill3d.fields.nerf import FieldOutput
+from distill3d.fields.nerf import FieldOutput, inside_box
 
 
 def laplace_cdf(u: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:
@@ -122,8 +122,7 @@ class SDFField(nn.Module):
 
     def _density(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         sigma = volsdf_density(s, self.beta)
-        inside = (x.abs() <= self.bound).all(dim=-1)
-        return torch.where(inside, sigma, torch.zeros_like(sigma))
+        return torch.where(inside_box(x, self.bound), sigma, torch.zeros_like(sigma))
 
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> signed distance (N,), negative inside."""
@@ -194,21 +193,11 @@ class SDFField(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         """Write ``field.json`` (type + config) and ``field.safetensors`` (weights) into ``directory``."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "field.json").write_text(json.dumps({"type": "SDFField", "config": self.cfg.to_dict()}, indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(d / "field.safetensors"))
+        write_field(self, directory, "SDFField", self.cfg.to_dict())
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "SDFField":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        meta = json.loads((d / "field.json").read_text())
-        if meta.get("type") != "SDFField":
-            raise ValueError(f"{d} holds a {meta.get('type')!r}, not an SDFField")
-        f = cls(SDFConfig.from_dict(meta["config"]))
-        f.load_state_dict(load_file(str(d / "field.safetensors")))
+        config, weights = read_field(directory, "SDFField", "an")
+        f = cls(SDFConfig.from_dict(config))
+        f.load_state_dict(weights)
         return f.to(device)

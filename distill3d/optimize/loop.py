@@ -74,6 +74,25 @@ def backgrounds(cfg: DistillConfig, n: int, group: int, generator: torch.Generat
     return colour.repeat_interleave(group, dim=0).to(device)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous. The guidance's gradient w.r.t. the (B, 3, H,
+    W) images reaches the renders' (B, H, W, 3) as a transposed view, and the renderer's backward gathers it by ray
+    (nerfacc's accumulate_along_rays: an index_select along rays): on a transposed (R, 3) that took 1.85 ms per
+    step against 0.03 contiguous (the same values, hence the same gradients bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def _contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    return _ContiguousGrad.apply(x)
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -181,7 +200,7 @@ def distill(
             outs = [scene.render(c, size, shading=mode, light_dir=light, background=bg, ambient=cfg.ambient,
                                  generator=gen)
                     for scene, c, light, bg in zip(scenes, views, lights, bgs)]
-            images = torch.cat([o["rgb"] for o in outs]).permute(0, 3, 1, 2)
+            images = _contiguous_grad(torch.cat([o["rgb"] for o in outs])).permute(0, 3, 1, 2)
             cams = views[0] if n == 1 else cat_cameras(views)
             t2 = time.perf_counter()
             text = prompts.for_cameras(cams, textureless=mode in ("textureless", "normal"))  # no albedo shown
