@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -67,40 +66,8 @@ def plan_request(request: AssetRequest) -> Plan:
     return plan(chain)
 
 
-def _prefetch(modules: tuple[str, ...]) -> None:
-    """Import ``modules`` in a daemon thread. A flow's first call starts Prefect's temporary server (a subprocess
-    start that this process mostly waits on): imports then overlap that wait instead of following it. An import
-    that fails here is left to fail again, with its message, where the stage imports it."""
-
-    def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the stage's own import reports it
-                pass
-
-    threading.Thread(target=run, name="distill3d-prefetch", daemon=True).start()
-
-
-def _runs_a_prior(method: Method, planned: Plan, from_stage: str | None) -> bool:
-    """Whether a step that will run reads one of the method's input folders (its priors)."""
-    names = planned.names()
-    start = names.index(from_stage) if from_stage in names else len(names)
-    return any((not s.complete or i >= start) and set(s.link.step.inputs.values()) & set(method.input_names)
-               for i, s in enumerate(planned.steps))
-
-
-# The priors' diffusers classes: ~3 s of imports here (diffusers pulls in torch._dynamo and peft), overlapped with
-# Prefect's start when a step that loads a prior will run ("a red cube", 20 steps: 17.1 -> 15.2 s); a run of later
-# stages only does not import them (prefetching there cost 0.8 s).
-PRIOR_MODULES = ("diffusers.models.unets",)
-
-
-def run_method_flow(request: AssetRequest, prefetch: tuple[str, ...] = ()) -> dict[str, str]:
-    """Run the method's Prefect flow for `request` (imports Prefect; ``prefetch``: modules to import meanwhile);
-    returns {step: output dir}."""
-    if prefetch:
-        _prefetch(prefetch)
+def run_method_flow(request: AssetRequest) -> dict[str, str]:
+    """Run the method's Prefect flow for `request` (imports Prefect); returns {step: output dir}."""
     flow = getattr(importlib.import_module(f"flows.{request.method}"), request.method)
     return flow(prompt=request.prompt, params=request.params, seed=request.seed, device=request.device,
                 params_file=str(request.params_path) if request.params_path else None, inputs=request.inputs,
@@ -167,6 +134,5 @@ def make_asset(request: AssetRequest, planned: Plan | None = None) -> dict[str, 
         if not is_current(out, planned):
             assemble(method, planned.outputs, out, info)
     else:
-        prefetch = PRIOR_MODULES if _runs_a_prior(method, planned, request.from_stage) else ()
-        assemble(method, run_method_flow(request, prefetch), out, info)
+        assemble(method, run_method_flow(request), out, info)
     return {"out": str(out), "cached": cached, "seconds": round(time.perf_counter() - t0, 3)}

@@ -157,20 +157,3 @@ def test_a_new_method_is_one_definition(home, tmp_path):
         assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["method"] == "tinymethod"
     finally:
         fake_stages.unregister_method()
-
-
-def test_the_priors_imports_are_prefetched_only_when_a_step_that_reads_a_prior_will_run(home):
-    """make_asset overlaps the priors' imports with Prefect's start only when a step reading a prior will run."""
-    from flows.asset import _runs_a_prior
-    from flows.methods import get_method
-    from flows.plan import plan, resolve_chain
-
-    prior = str(home / "prior")
-    method = get_method("dreamfusion")
-    chain = resolve_chain("dreamfusion", "a purple torus", inputs={"prior": prior})
-    assert _runs_a_prior(method, plan(chain), None)  # nothing made yet: nerf_sds (reads the prior) will run
-    fake_stages.fill_store("a purple torus", Path(prior))
-    planned = plan(chain)
-    assert planned.complete and not _runs_a_prior(method, planned, None)
-    assert not _runs_a_prior(method, planned, "extract_mesh")  # re-running later stages loads no prior
-    assert _runs_a_prior(method, planned, "nerf_sds")
