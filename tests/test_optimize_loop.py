@@ -174,34 +174,30 @@ def test_renders_receive_the_guidance_gradient_contiguous() -> None:
     the guidance's, transposed back, and contiguous (the renderer's backward gathers it by ray: a transposed
     gradient made that gather ~60x slower)."""
     target = torch.rand(2, 3, 8, 8)
-    seen: list[torch.Tensor] = []
+    rendered: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
 
-    class Hooked(torch.nn.Module):
+    class Recorded(torch.nn.Module):
+        """The volume scene, its renders and the gradient they receive recorded."""
+
         def __init__(self, scene):
             super().__init__()
             self.scene = scene
+            self.losses, self.param_groups, self.step_begin = scene.losses, scene.param_groups, scene.step_begin
 
         def render(self, *args, **kwargs):
             out = self.scene.render(*args, **kwargs)
-            out["rgb"].register_hook(lambda g: seen.append(g))
+            rendered.append(out["rgb"].detach().clone())
+            out["rgb"].register_hook(grads.append)
             return out
-
-        def __getattr__(self, name):
-            try:
-                return super().__getattr__(name)
-            except AttributeError:
-                return getattr(self.scene, name)
 
     class Surrogate:  # SDS's stop-gradient surrogate: gradient g / B w.r.t. the images, g = images - target
         def __call__(self, prior, images, text, progress, generator=None, cameras=None):
             return {"loss_sds": surrogate_loss(images, images.detach() - target)[0]}
 
     cfg = _cfg(steps=1, views_per_step=2, lambda_opacity=0.0, lambda_orient=0.0, albedo_only_fraction=1.0)
-    scene = volume_scene(_field(), cfg)
-    images: list[torch.Tensor] = []
-    orig = scene.render
-    scene.render = lambda *a, **k: (lambda o: (images.append(o["rgb"].detach().clone()), o)[1])(orig(*a, **k))
-    distill([Hooked(scene)], LinearPrior(), "a red cube", cfg, seed=0, progress=False, guidance=Surrogate())
-    (grad,) = seen
+    distill([Recorded(volume_scene(_field(), cfg))], LinearPrior(), "a red cube", cfg, seed=0, progress=False,
+            guidance=Surrogate())
+    (grad,) = grads
     assert grad.shape == (2, 8, 8, 3) and grad.is_contiguous()
-    assert torch.allclose(grad, (images[0] - target.permute(0, 2, 3, 1)) / 2, atol=1e-6)
+    assert torch.allclose(grad, (rendered[0] - target.permute(0, 2, 3, 1)) / 2, atol=1e-6)
