@@ -5,6 +5,7 @@ prior (one CFG evaluation each: the least 1000 SDS steps can cost), so machines 
 
     reference   1000 batch-2 UNet forwards of the default prior (measured at the start and the end; the mean)
     step        the SDS step split (render / prior / backward / other) over a whole default run, ms and x forward
+    step_prompts  the same for each benchmark prompt (not part of the default sections; its own reference)
     e2e         `distill3d generate --method dreamfusion` at default settings on prompts the tests do not use, for
                 each seed: wall seconds, per-stage seconds (manifests), x reference, and the quality metrics
                 (all-view IoU, volumetric IoU, Chamfer, colour error, normal error); then the cached re-run
@@ -59,7 +60,7 @@ def reference(prior_dir: Path, n: int = 1000) -> float:
     return time.perf_counter() - t0
 
 
-def step_split(prior_dir: Path, params_file: Path) -> dict:
+def step_split(prior_dir: Path, params_file: Path, prompt: str = "a red cube") -> dict:
     """A default nerf_sds run's loop timings per step (render, prior, backward, other), in ms."""
     from distill3d.fields.nerf import RadianceField
     from distill3d.optimize.loop import distill
@@ -67,7 +68,7 @@ def step_split(prior_dir: Path, params_file: Path) -> dict:
     from flows.plan import stage_params
     from stages.shared.prompted import load_stage_prior
 
-    params = stage_params("nerf_sds", {"prompt": "a red cube", "seed": 0, "device": "cpu"}, None, params_file)
+    params = stage_params("nerf_sds", {"prompt": prompt, "seed": 0, "device": "cpu"}, None, params_file)
     prior = load_stage_prior(params, prior_dir)
     field = RadianceField(params.field)
     hist = distill([volume_scene(field, params.optimize)], prior, params.prompt, params.optimize, seed=0,
@@ -173,6 +174,13 @@ def main() -> int:
         forward_ms = ref  # ms per forward = s per 1000
         result["step"] = {"ms": step, "x_forward": {k: round(v / forward_ms, 2) for k, v in step.items()}}
         print(json.dumps(result["step"]), flush=True)
+    if "step_prompts" in sections:
+        result["step_prompts"] = {"rows": {}}
+        for prompt in args.prompts:
+            step = step_split(args.prior, REPO / "params.yaml", prompt)
+            result["step_prompts"]["rows"][prompt] = {"ms": step,
+                                                      "x_forward": {k: round(v / ref, 2) for k, v in step.items()}}
+            print(prompt, json.dumps(result["step_prompts"]["rows"][prompt]), flush=True)
     if "e2e" in sections:
         rows = e2e(args.prompts, seeds)
         for r in rows:
@@ -186,7 +194,7 @@ def main() -> int:
     refs = {"reference_s": round(ref, 2), "reference_end_s": round(reference(args.prior), 2), "machine": machine}
     if sections & {"step", "e2e"}:
         result.update(refs)
-    for section in sections & {"throughput", "scaling"}:
+    for section in sections & {"throughput", "scaling", "step_prompts"}:
         result[section].update(refs)
     ref_end = refs["reference_end_s"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
