@@ -60,11 +60,12 @@ def main() -> int:
     parser.add_argument("--prior", type=Path, default=ROOT / "models" / "toy_mv_prior")
     args = parser.parse_args()
 
+    params = read_params_file(ROOT / "params.yaml")
     spec = group_specs()["mvdream"]
-    guidance = {**read_params_file(ROOT / "params.yaml")["mv_nerf"]["guidance"],
+    guidance = {**params["mv_nerf"]["guidance"],
                 **{k.split(".", 2)[2]: v for k, v in spec.set.items() if k.startswith("mv_nerf.guidance.")}}
     cfg = MultiViewSDSConfig.model_validate(guidance)
-    check = read_params_file(ROOT / "params.yaml")["check_mv_prior"]
+    check = params["check_mv_prior"]
     prior = load_prior(args.prior)
     detector = FaceDetector()
     gen = torch.Generator().manual_seed(args.seed)
