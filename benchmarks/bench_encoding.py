@@ -124,7 +124,8 @@ def main() -> None:
     with torch.no_grad():
         field.encoding.table.normal_(0.0, 0.05)
     x = (torch.rand(args.points, 3) * 2 - 1) * 0.6
-    results: dict = {"points": args.points, "encoding": FieldConfig().encoding.to_dict(), "machine_cores": os.cpu_count(),
+    results: dict = {"points": args.points, "encoding": FieldConfig().encoding.to_dict(),
+                     "machine_cores": os.cpu_count(),
                      "timing": f"median of {args.repeats} rounds x {args.calls} calls, interleaved; ms per call",
                      "kernel_load_s": build_s, "rows": []}
     print(f"{args.points} points, default FieldConfig encoding; kernels loaded in {build_s:.2f} s")

@@ -43,7 +43,7 @@ def main() -> int:
     from PIL import Image
 
     from distill3d.cameras import spherical_cameras
-    from distill3d.guidance.multiview_sds import MultiViewSDSConfig, rescale_x0
+    from distill3d.guidance.multiview_sds import MultiViewSDSConfig, guided_x0
     from distill3d.metrics.janus import FaceDetector
     from distill3d.priors.base import Conditioning, TextEmbeddings
     from distill3d.priors.loading import load_prior
@@ -95,9 +95,7 @@ def main() -> int:
                 for k in range(args.draws):
                     x_t = prior.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
                     eps_w, eps_c, _ = prior.predict_noise_cfg(x_t, t, text, cfg.guidance_scale, cond)
-                    x0_hat = (x_t - (1 - a).sqrt() * eps_w) / a.sqrt()
-                    if cfg.rescale > 0:
-                        x0_hat = rescale_x0(x0_hat, (x_t - (1 - a).sqrt() * eps_c) / a.sqrt(), 4, cfg.rescale)
+                    x0_hat = guided_x0(x_t, a, eps_w, eps_c, 4, cfg.rescale)
                     found += faces(prior.decode(x0_hat))
                     total += x0_hat
                     if k == 0:

@@ -98,3 +98,17 @@ def test_fit_sdf_to_mesh_with_pysdf() -> None:
     after = float((f.sdf(x).detach() - target(x)).abs().mean())
     assert after < 0.5 * before and info["final_abs_error"] < 0.05
     assert (f.albedo(torch.tensor([[0.4, 0.0, 0.0]]))[0] - torch.tensor([0.9, 0.1, 0.1])).abs().max() < 0.25
+
+
+def test_loading_a_field_as_the_other_type_names_both_types(tmp_path) -> None:
+    """RadianceField.load on a saved SDF (and SDFField.load on a saved NeRF) refuses with one line naming what the
+    folder holds and what was asked for, instead of loading weights into the wrong module."""
+    from distill3d.fields.nerf import FieldConfig, RadianceField
+
+    _field(init_radius=0.5).save(tmp_path / "sdf")
+    RadianceField(FieldConfig(hidden_width=16)).save(tmp_path / "nerf")
+    wrong = r"holds a field of type 'SDFField', not 'RadianceField': load it with .*load_field"
+    with pytest.raises(ValueError, match=wrong):
+        RadianceField.load(tmp_path / "sdf")
+    with pytest.raises(ValueError, match=r"holds a field of type 'RadianceField', not 'SDFField'"):
+        SDFField.load(tmp_path / "nerf")

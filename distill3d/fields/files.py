@@ -19,13 +19,14 @@ def write_field(field: nn.Module, directory: str | Path, kind: str, config: dict
     save_file({k: v.detach().cpu().contiguous() for k, v in field.state_dict().items()}, str(d / "field.safetensors"))
 
 
-def read_field(directory: str | Path, kind: str, article: str = "a") -> tuple[dict, dict]:
-    """The config and the weights of the field of type ``kind`` saved in ``directory``; ValueError if it holds
-    another type."""
+def read_field(directory: str | Path, kind: str) -> tuple[dict, dict]:
+    """The config and the weights of the field of type ``kind`` saved in ``directory``; ValueError (naming the type
+    it holds and the loader that reads any type) if it holds another type."""
     from safetensors.torch import load_file
 
     d = Path(directory)
     meta = json.loads((d / "field.json").read_text())
     if meta.get("type") != kind:
-        raise ValueError(f"{d} holds a {meta.get('type')!r}, not {article} {kind}")
+        raise ValueError(f"{d} holds a field of type {meta.get('type')!r}, not {kind!r}: load it with "
+                         "distill3d.fields.loading.load_field, which reads the type from field.json")
     return meta["config"], load_file(str(d / "field.safetensors"))

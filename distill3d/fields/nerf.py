@@ -198,7 +198,7 @@ class RadianceField(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "RadianceField":
-        config, weights = read_field(directory, "RadianceField", "a")
+        config, weights = read_field(directory, "RadianceField")
         f = cls(FieldConfig.from_dict(config))
         f.load_state_dict(weights)
         return f.to(device)

@@ -197,7 +197,7 @@ class SDFField(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "SDFField":
-        config, weights = read_field(directory, "SDFField", "an")
+        config, weights = read_field(directory, "SDFField")
         f = cls(SDFConfig.from_dict(config))
         f.load_state_dict(weights)
         return f.to(device)

@@ -105,6 +105,18 @@ def rescale_x0(x0_guided: torch.Tensor, x0_cond: torch.Tensor, views: int, phi: 
     return (phi * g * factor + (1.0 - phi) * g).reshape(shape)
 
 
+def guided_x0(x_t: torch.Tensor, alpha_bar: torch.Tensor, eps_w: torch.Tensor, eps_c: torch.Tensor, views: int,
+              rescale: float) -> torch.Tensor:
+    """Multi-view SDS's target: the one-step prediction x0_hat = (x_t - sqrt(1 - a) eps_w) / sqrt(a) from the guided
+    epsilon, CFG-rescaled (``rescale_x0`` with phi = ``rescale``, x0_c from ``eps_c``) when ``rescale`` > 0.
+    ``alpha_bar`` broadcasts against x_t ((n F, 1, 1, 1))."""
+    x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps_w) / alpha_bar.sqrt()
+    if rescale > 0:
+        x0_cond = (x_t - (1 - alpha_bar).sqrt() * eps_c) / alpha_bar.sqrt()
+        x0_hat = rescale_x0(x0_hat, x0_cond, views, rescale)
+    return x0_hat
+
+
 def multiview_sds_loss(
     prior: Prior,
     images: torch.Tensor,
@@ -141,11 +153,7 @@ def multiview_sds_loss(
         eps_w, eps_c = eps_w.to(x0.dtype), eps_c.to(x0.dtype)
         a = prior.alphas_cumprod.to(dev)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
         if cfg.loss == "x0":
-            x0_hat = (x_t - (1 - a).sqrt() * eps_w) / a.sqrt()
-            if cfg.rescale > 0:
-                x0_cond = (x_t - (1 - a).sqrt() * eps_c) / a.sqrt()
-                x0_hat = rescale_x0(x0_hat, x0_cond, views, cfg.rescale)
-            g = x0.detach() - x0_hat
+            g = x0.detach() - guided_x0(x_t, a, eps_w, eps_c, views, cfg.rescale)
             w = ((1 - a) / a).sqrt().flatten()
         else:
             w = sds_weight(a.flatten(), cfg.weighting)
