@@ -33,8 +33,6 @@ from mdtable import MarkdownTable, save_json  # noqa: E402
 from bench_janus import PROMPTS, group_specs  # noqa: E402
 
 T_FRACTIONS = (0.2, 0.35, 0.5, 0.7, 0.9)
-AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
-KINDS = ("front", "side", "back", "side")
 
 
 def main() -> int:
@@ -43,15 +41,18 @@ def main() -> int:
     from PIL import Image
 
     from distill3d.cameras import spherical_cameras
-    from distill3d.guidance.multiview_sds import MultiViewSDSConfig, guided_x0
+    from distill3d.guidance.multiview_sds import guided_x0
     from distill3d.metrics.janus import FaceDetector
     from distill3d.priors.base import Conditioning, TextEmbeddings
     from distill3d.priors.loading import load_prior
-    from distill3d.priors.multiview_checks import background_mask
+    from distill3d.priors.multiview_checks import RING_AZIMUTHS, RING_KINDS, background_mask
     from distill3d.priors.sampling import sample_images
     from distill3d.toyworld.render import render_gt
     from distill3d.toyworld.vocab import parse_prompt
+    from flows.methods import get_method
+    from flows.plan import stage_params
     from stages.core.params import read_params_file
+    from stages.shared.runs import points
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=32, help="noise draws per t")
@@ -60,16 +61,16 @@ def main() -> int:
     parser.add_argument("--prior", type=Path, default=ROOT / "models" / "toy_mv_prior")
     args = parser.parse_args()
 
-    params = read_params_file(ROOT / "params.yaml")
-    spec = group_specs()["mvdream"]
-    guidance = {**params["mv_nerf"]["guidance"],
-                **{k.split(".", 2)[2]: v for k, v in spec.set.items() if k.startswith("mv_nerf.guidance.")}}
-    cfg = MultiViewSDSConfig.model_validate(guidance)
-    check = params["check_mv_prior"]
+    params_file = ROOT / "params.yaml"
+    # the Janus run's distillation params, resolved as its runs resolve them (params.yaml + the run's overrides)
+    run = points(group_specs()["mvdream"])[0]
+    step = next(s for s in get_method("mvdream").steps if s.section == "mv_nerf")
+    cfg = stage_params(step.stage, {}, run.overrides, params_file, section=step.section).guidance
+    check = read_params_file(params_file)["check_mv_prior"]
     prior = load_prior(args.prior)
     detector = FaceDetector()
     gen = torch.Generator().manual_seed(args.seed)
-    cams = spherical_cameras(list(AZIMUTHS), [15.0] * 4)
+    cams = spherical_cameras(list(RING_AZIMUTHS), [check["elevation"]] * 4)  # the check's ring
     cond = Conditioning(cameras=cams)
     background = torch.tensor([0.35, 0.5, 0.75])
 
@@ -102,7 +103,7 @@ def main() -> int:
                         figure_rows.append(prior.decode(x0_hat))
             mean = prior.decode(total / args.draws)
             figure_rows.append(mean)
-            share = {kind: float(np.mean([found[i] / args.draws for i in range(4) if KINDS[i] == kind]))
+            share = {kind: float(np.mean([found[i] / args.draws for i in range(4) if RING_KINDS[i] == kind]))
                      for kind in ("front", "side", "back")}
             mean_faces = dict(zip(("front", "side_left", "back", "side_right"), faces(mean)))
             per_t[str(frac)] = {"draws_with_face": share, "mean_prediction_face": mean_faces}
