@@ -1,6 +1,7 @@
-"""CPU timings of the hash-grid encoding (distill3d.fields.encoding): the torch code vs the fused C++ kernels
-(distill3d.fields.hashgrid_cpu), for the default FieldConfig encoding (8 levels x 2 features, 2^16 table,
-resolutions 16..128) on random points in [-0.6, 0.6]^3, and the same through RadianceField.query.
+"""CPU timings of the hash-grid encoding (distill3d.fields.encoding) and the field's MLP head: the torch code vs
+the fused C++ kernels (distill3d.fields.hashgrid_cpu, distill3d.fields.mlp_head_cpu), for the default FieldConfig
+(8 levels x 2 features, 2^16 table, resolutions 16..128; MLP 16 -> 32 -> 4) on random points in [-0.6, 0.6]^3, and
+the same through RadianceField.query.
 
     python benchmarks/bench_encoding.py [--points 12000] [--threads 1 2] [--repeats 7] [--calls 10]
         [--json benchmarks/results/encoding.json]
@@ -14,7 +15,9 @@ given too. Rows:
   the features into the table; fwd_grad+bwd: ``forward_with_grad`` then backward of features + derivatives;
 - backward modes of the native kernel (0: levels split among threads, deterministic; 1: per-thread tables over
   point chunks, then summed);
-- field (as /tmp/perf/parts.py): density under no_grad; query plain fwd+bwd; query normals (create_graph) fwd+bwd.
+- head: the MLP on the encoding's features (``jacobian.mlp_forward``) fwd+bwd, and with the spatial gradient of
+  its output 0 (``jacobian.mlp_with_input_grad``, what normals need) fwd+bwd;
+- field: density under no_grad; query plain fwd+bwd; query normals (create_graph) fwd+bwd (both kernels).
 
 Not a test (no assertion on time).
 """
@@ -30,7 +33,8 @@ from pathlib import Path
 import torch
 from mdtable import MarkdownTable, save_json
 
-from distill3d.fields import hashgrid_cpu
+from distill3d.fields import hashgrid_cpu, mlp_head_cpu
+from distill3d.fields.jacobian import mlp_forward, mlp_with_input_grad
 from distill3d.fields.nerf import FieldConfig, RadianceField
 
 
@@ -88,6 +92,23 @@ def encoding_cases(field: RadianceField, x: torch.Tensor) -> dict[str, callable]
     return {"forward": fwd, "forward_with_grad": fwd_grad, "fwd+bwd": fwd_bwd, "fwd_grad+bwd": fwd_grad_bwd}
 
 
+def head_cases(field: RadianceField, x: torch.Tensor) -> dict[str, callable]:
+    with torch.no_grad():
+        feats, jac = field.encoding.forward_with_jacobian(x)
+    feats = feats.requires_grad_(True)
+
+    def plain():
+        field.zero_grad(set_to_none=True)
+        mlp_forward(field.mlp, feats).sum().backward()
+
+    def with_grad():
+        field.zero_grad(set_to_none=True)
+        h, g = mlp_with_input_grad(field.mlp, feats, jac)
+        (h.sum() + g.sum()).backward()
+
+    return {"mlp fwd+bwd": plain, "mlp + input grad fwd+bwd": with_grad}
+
+
 def field_cases(field: RadianceField, x: torch.Tensor) -> dict[str, callable]:
     def density():
         with torch.no_grad():
@@ -116,7 +137,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    if not hashgrid_cpu.available():
+    if not (hashgrid_cpu.available() and mlp_head_cpu.available()):
         raise SystemExit("native kernels unavailable (see the warning above); nothing to compare")
     build_s = time.perf_counter() - t0
     torch.manual_seed(0)
@@ -133,7 +154,8 @@ def main() -> None:
                           ("speed-up", ".1f"), ("torch wall ms", ".2f"), ("native wall ms", ".2f"))
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for group, cases in (("encoding", encoding_cases(field, x)), ("field", field_cases(field, x))):
+        for group, cases in (("encoding", encoding_cases(field, x)), ("head", head_cases(field, x)),
+                             ("field", field_cases(field, x))):
             variants = {}
             for name, fn in cases.items():
                 variants[(name, "torch")] = with_path(False, fn)

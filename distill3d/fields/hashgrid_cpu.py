@@ -1,34 +1,19 @@
 """Fused CPU kernels for the multi-resolution hash-grid encoding (``encoding.HashGridEncoding``), in C++.
 
-Why native code here, and only here: on CPU the hash grid is most of a score-distillation step, and in torch every
+Why native code here: on CPU the hash grid is most of a score-distillation step, and in torch every
 step of it (corner indices, 8 corners x levels x features gathers, lerps, their derivatives and the backward's
 scatter-add) is a memory-bound pass over a (F, L, 8, N) temporary. No installed library provides a CPU hash grid
 (tiny-cuda-nn's and nerfacc's grids are CUDA only), so this module fuses it: per point and level, the 8 corner
 indices, the gathers, the trilinear interpolation and (optionally) the 3 spatial derivatives stay in registers; the
 backward recomputes the indices and scatter-adds into the table.
 
-How it is built: the C++ source is the string ``_SOURCE`` below (so the project's code versions, which hash the
-imported .py files, cover it), compiled at first use with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja,
-``-O3 -fopenmp``) into ``$TORCH_EXTENSIONS_DIR/<name>`` (default: torch's per-user cache folder,
-``~/.cache/torch_extensions``), where ``<name>`` holds a hash of the source, the flags, torch's version and
-install path: a changed kernel or another venv builds its own folder, never over another's. The source includes no
-torch header (plain C++ behind an ``extern "C"`` interface called through ctypes; tensors are checked and allocated
-on the Python side), so the first build compiles in ~2.5 s of CPU (~5 s with the import of cpp_extension and
-ninja) where the same code behind ``torch/extension.h`` took ~100 s and behind ATen headers ~20 s here. Concurrent processes: torch's own lock (a lock file
-that a killed build would leave behind for ever) is wrapped in an ``fcntl.flock`` on ``<name>.flock`` (released by
-the OS when its holder dies), under which a stale torch lock is removed; a ``<name>.ok`` stamp written after a
-successful build lets later processes load the library directly (no cpp_extension import, no ninja run).
+How it is built and loaded: ``native_build.NativeLibrary`` (the C++ source is the string ``_SOURCE`` below; one
+warning and the torch code where no compiler is; ``DISTILL3D_NATIVE=0`` forces the torch code).
 
-If the build fails (no compiler, no ninja, unwritable cache folder), :func:`available` returns False after one
-logged warning line and the encoding keeps its torch code. ``DISTILL3D_NATIVE=0`` forces the torch code (read at
-every call, for debugging and the tests).
-
-Threads: the kernels use OpenMP, the same libgomp as torch (it is loaded by torch before this library, which binds
-to it by its soname), with torch's intra-op thread count (``torch.get_num_threads()`` is called on the calling
-thread before each kernel, which sets the OpenMP count there like ``at::parallel_for`` does). The forward splits the
-points among threads; the backward splits the levels (each level owns its own slice of the table, so no two threads
-write the same entry, nothing is allocated, and the sums are taken in the same order whatever the thread count:
-the table gradient is deterministic, bit for bit). The alternative (per-thread gradient tables over point chunks,
+Threads: torch's intra-op count (see native_build). The forward splits the points among threads; the backward
+splits the levels (each level owns its own slice of the table, so no two threads write the same entry, nothing is
+allocated, and the sums are taken in the same order whatever the thread count: the table gradient is
+deterministic, bit for bit). The alternative (per-thread gradient tables over point chunks,
 then a reduction), ``mode=1``, is kept for the benchmark.
 
 Gradients: only w.r.t. the table. The sample positions never carry gradients in this project (cameras and ray
@@ -40,15 +25,10 @@ normals come from ``forward_with_grad``).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import sys
-from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from distill3d.fields.native_build import NativeLibrary, enabled, ptr
 
 _SOURCE = r"""
 // distill3d hash-grid encoding, fused CPU kernels (see distill3d/fields/hashgrid_cpu.py). No torch headers:
@@ -350,48 +330,9 @@ D3HG_DEFINE(f64, double)
 }  // extern "C"
 """
 
-_CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
-_LDFLAGS = ["-fopenmp"]
-
-_lib: ctypes.CDLL | None = None
-_tried = False
-
-
-def enabled() -> bool:
-    """False when ``DISTILL3D_NATIVE=0`` (or ``false``/``no``/``off``) forces the torch code."""
-    return os.environ.get("DISTILL3D_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _name() -> str:
-    key = "\0".join([_SOURCE, " ".join(_CFLAGS), " ".join(_LDFLAGS), torch.__version__,
-                     str(Path(torch.__file__).resolve().parent), sys.platform])
-    return "distill3d_hashgrid_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def _build_root() -> Path:
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if root:
-        return Path(root)
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return Path(get_default_build_root())
-
-
-def _default_build_root_cheap() -> Path | None:
-    """torch's default root without importing torch.utils.cpp_extension (~0.3 s: it imports setuptools)."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if root:
-        return Path(root)
-    try:
-        return Path(os.path.realpath(torch._appdirs.user_cache_dir(appname="torch_extensions")))
-    except Exception:  # noqa: BLE001 - private helper moved: take the slow path
-        return None
-
-
-def _bind(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
+def _bind(lib: ctypes.CDLL) -> None:
     if lib.d3hg_version() != 1:
-        raise RuntimeError(f"{path}: unexpected kernel version")
+        raise RuntimeError("unexpected hash-grid kernel version")
     i64, i32, u32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
     for s in ("f32", "f64"):
         fwd = getattr(lib, f"d3hg_forward_{s}")
@@ -404,71 +345,14 @@ def _bind(path: Path) -> ctypes.CDLL:
         getattr(lib, f"d3hg_contract_{s}").restype = None
         getattr(lib, f"d3hg_contract_backward_{s}").argtypes = [i64, i32, p, p, p, p, p]
         getattr(lib, f"d3hg_contract_backward_{s}").restype = None
-    return lib
 
 
-def _build() -> ctypes.CDLL:
-    name = _name()
-    cheap_root = _default_build_root_cheap()
-    if cheap_root is not None:
-        so, ok = cheap_root / name / f"{name}.so", cheap_root / name / f"{name}.ok"
-        if ok.exists() and so.exists():  # built (and loaded) before by some process: no ninja, no setuptools
-            return _bind(so)
-    import fcntl
-    import shutil
-    import sysconfig
-
-    cxx = os.environ.get("CXX", "c++")  # what torch compiles with
-    if shutil.which(cxx) is None:
-        raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
-    from torch.utils import cpp_extension
-
-    build_dir = _build_root() / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    so, ok = build_dir / f"{name}.so", build_dir / f"{name}.ok"
-    old_path = os.environ.get("PATH", "")
-    with open(build_dir.parent / f"{name}.flock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # the OS releases it if this process dies mid-build
-        try:
-            stale = build_dir / "lock"  # torch's lock file: only a killed build leaves one while we hold the flock
-            if stale.exists():
-                log.warning("removing a stale torch extension lock %s", stale)
-                stale.unlink()
-            # ninja from the `ninja` wheel lies beside this interpreter, which need not be on PATH (.venv/bin/python)
-            if shutil.which("ninja") is None:
-                os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), old_path])
-            torch_log = logging.getLogger("torch.utils.cpp_extension")
-            level = torch_log.level
-            torch_log.setLevel(logging.ERROR)  # its compiler-version warnings: our one line says what matters
-            try:
-                path = cpp_extension.load_inline(  # copies of the flags: torch appends to the lists
-                    name, cpp_sources=[_SOURCE], extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),
-                    build_directory=str(build_dir), is_python_module=False, no_implicit_headers=True, verbose=False)
-            finally:
-                torch_log.setLevel(level)
-            lib = _bind(Path(path))
-            tmp = ok.with_suffix(f".ok.{os.getpid()}")
-            tmp.write_text(name + "\n")
-            os.replace(tmp, ok)
-            return lib
-        finally:
-            os.environ["PATH"] = old_path
-            fcntl.flock(fh, fcntl.LOCK_UN)
+NATIVE = NativeLibrary("distill3d_hashgrid", _SOURCE, _bind, "hash-grid kernels")
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels (built on first call), or None when they cannot be built (one warning logged)."""
-    global _lib, _tried
-    if not _tried:
-        _tried = True
-        try:
-            _lib = _build()
-        except Exception as e:  # noqa: BLE001 - any build failure means: use the torch code
-            msg = " ".join(str(e).split())  # a build error ends with the reason (compiler output)
-            log.warning("distill3d: native hash-grid kernels unavailable, using the torch code (%s: %s)",
-                        type(e).__name__, msg if len(msg) <= 400 else msg[:150] + " ... " + msg[-250:])
-            _lib = None
-    return _lib
+    return NATIVE.get()
 
 
 def kernel_threads() -> int:
@@ -520,15 +404,12 @@ def _check(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta) -> None:
     if x01.device.type != "cpu" or table.device.type != "cpu":
         raise ValueError("native hash grid: CPU tensors only")
     if x01.dtype != table.dtype or table.dtype not in (torch.float32, torch.float64) or meta.res.dtype != table.dtype:
-        raise ValueError(f"native hash grid: float32/float64 of one dtype, got {x01.dtype}, {table.dtype}, {meta.res.dtype}")
+        raise ValueError(f"native hash grid: float32/float64 of one dtype, got {x01.dtype}, {table.dtype}, "
+                         f"{meta.res.dtype}")
     if x01.dim() != 2 or x01.shape[1] != 3 or not x01.is_contiguous():
         raise ValueError("native hash grid: x01 must be a contiguous (N, 3) tensor")
     if table.dim() != 2 or table.shape[1] < meta.table_entries:
         raise ValueError(f"native hash grid: table must be (F, M >= {meta.table_entries}), got {tuple(table.shape)}")
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def forward(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta, with_grad: bool
@@ -547,8 +428,8 @@ def forward(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta, with_grad: b
         return out, dout
     torch.get_num_threads()  # sets this thread's OpenMP thread count to torch's (as at::parallel_for does)
     fn = lib.d3hg_forward_f32 if table.dtype == torch.float32 else lib.d3hg_forward_f64
-    if fn(n, _ptr(x01), _ptr(table), m, table.stride(0), table.stride(1), f, meta.n_levels, meta.n_dense,
-          meta.hash_mask, _ptr(meta.res), _ptr(meta.offsets), _ptr(meta.strides), _ptr(out), _ptr(dout)):
+    if fn(n, ptr(x01), ptr(table), m, table.stride(0), table.stride(1), f, meta.n_levels, meta.n_dense,
+          meta.hash_mask, ptr(meta.res), ptr(meta.offsets), ptr(meta.strides), ptr(out), ptr(dout)):
         raise RuntimeError("native hash-grid forward failed")
     return out, dout
 
@@ -577,9 +458,9 @@ def backward(x01: torch.Tensor, table_shape: tuple[int, int], dtype: torch.dtype
             raise ValueError(f"grad of derivatives: expected {(n, 3, d)}, got {tuple(grad_dout.shape)}")
     torch.get_num_threads()
     fn = lib.d3hg_backward_f32 if dtype == torch.float32 else lib.d3hg_backward_f64
-    if fn(n, _ptr(x01), _ptr(grad_table), m, grad_table.stride(0), grad_table.stride(1), f, meta.n_levels,
-          meta.n_dense, meta.hash_mask, _ptr(meta.res), _ptr(meta.offsets), _ptr(meta.strides), _ptr(grad_out),
-          _ptr(grad_dout), int(mode)):
+    if fn(n, ptr(x01), ptr(grad_table), m, grad_table.stride(0), grad_table.stride(1), f, meta.n_levels,
+          meta.n_dense, meta.hash_mask, ptr(meta.res), ptr(meta.offsets), ptr(meta.strides), ptr(grad_out),
+          ptr(grad_dout), int(mode)):
         raise RuntimeError("native hash-grid backward failed")
     return grad_table
 
@@ -628,7 +509,7 @@ class ContractFunction(torch.autograd.Function):
         torch.get_num_threads()
         fn = lib.d3hg_contract_f32 if jac.dtype == torch.float32 else lib.d3hg_contract_f64
         if n:
-            fn(n, d, _ptr(jac), _ptr(v), _ptr(out))
+            fn(n, d, ptr(jac), ptr(v), ptr(out))
         ctx.save_for_backward(jac, v)
         return out
 
@@ -644,5 +525,7 @@ class ContractFunction(torch.autograd.Function):
             torch.get_num_threads()
             fn = library().d3hg_contract_backward_f32 if jac.dtype == torch.float32 else \
                 library().d3hg_contract_backward_f64
-            fn(n, d, _ptr(jac), _ptr(v), _ptr(g.to(jac.dtype).contiguous()), _ptr(grad_jac), _ptr(grad_v))
+            g = g.to(jac.dtype).contiguous()  # held: a temporary's memory would be freed before the call
+            fn(n, d, ptr(jac), ptr(v), ptr(g), ptr(grad_jac), ptr(grad_v))
         return grad_jac, grad_v
+

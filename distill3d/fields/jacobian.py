@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distill3d.fields import hashgrid_cpu
+from distill3d.fields import hashgrid_cpu, mlp_head_cpu
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
     layers = list(mlp)
     if not layers or not isinstance(layers[-1], nn.Linear):
         raise TypeError("mlp_with_input_grad needs a Linear/ReLU stack ending in a Linear")
+    jac = jac if isinstance(jac, SpatialJacobian) else SpatialJacobian(jac)
+    if _fused_head_applies(layers, features, jac.raw):
+        h, c = mlp_head_cpu.MLPHeadFunction.apply(features, jac.raw, layers[0].weight, layers[0].bias,
+                                                  layers[2].weight, layers[2].bias)
+        return h, c if jac.scale is None else c * jac.scale[:, None]
     h, masks = features, []
     for layer in layers:
         if isinstance(layer, nn.Linear):
@@ -64,5 +69,31 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
     v = layers[-1].weight[:1].expand(features.shape[0], -1)  # d out0 / d (last layer's input), (N, H)
     for layer in reversed(layers[:-1]):
         v = v * masks.pop() if isinstance(layer, nn.ReLU) else v @ layer.weight
-    jac = jac if isinstance(jac, SpatialJacobian) else SpatialJacobian(jac)
     return h, jac.contract(v)  # (N, 3, D) . (N, D) -> (N, 3)
+
+
+def _fused_head_applies(layers: list[nn.Module], features: torch.Tensor, jac_raw: torch.Tensor | None) -> bool:
+    """The native fused head (``mlp_head_cpu.MLPHeadFunction``) computes this MLP: Linear-ReLU-Linear with biases,
+    CPU float32/float64 tensors of one dtype, sizes within its limits, kernels built and enabled."""
+    if len(layers) != 3 or not (isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
+                                and isinstance(layers[2], nn.Linear)):
+        return False
+    l1, l2 = layers[0], layers[2]
+    tensors = [features, l1.weight, l2.weight] + ([] if jac_raw is None else [jac_raw])
+    if l1.bias is None or l2.bias is None or any(t.device.type != "cpu" or t.dtype != features.dtype
+                                                 for t in tensors + [l1.bias, l2.bias]):
+        return False
+    return (features.dtype in (torch.float32, torch.float64) and features.dim() == 2
+            and mlp_head_cpu.head_fits(l1.in_features, l1.out_features, l2.out_features) and mlp_head_cpu.available())
+
+
+def mlp_forward(mlp: nn.Sequential, features: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """``mlp(features)``, through the native fused head when it applies (a Linear-ReLU-Linear MLP on CPU) and the
+    points ``x`` the features come from record no gradient: the head is once differentiable, and a gradient w.r.t.
+    x (autograd normals, ``create_graph``) needs a double backward through the MLP, which torch's layers give."""
+    layers = list(mlp)
+    if not (x is not None and x.requires_grad and torch.is_grad_enabled()) and _fused_head_applies(layers, features,
+                                                                                                   None):
+        return mlp_head_cpu.MLPHeadFunction.apply(features, None, layers[0].weight, layers[0].bias,
+                                                  layers[2].weight, layers[2].bias)
+    return mlp(features)

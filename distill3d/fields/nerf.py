@@ -20,7 +20,7 @@ from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
 from distill3d.fields.files import read_field, write_field
-from distill3d.fields.jacobian import mlp_with_input_grad
+from distill3d.fields.jacobian import mlp_forward, mlp_with_input_grad
 
 
 class _TruncExp(torch.autograd.Function):
@@ -114,38 +114,43 @@ class RadianceField(nn.Module):
     def bound(self) -> float:
         return self.cfg.bound
 
-    def density_bias(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3) -> (N,) pre-activation bias: blob (DreamFusion A.2 / Magic3D) plus ``density_shift``."""
+    def _blob(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) -> (N,) the density blob (DreamFusion A.2 / Magic3D)."""
         c = self.cfg
         if c.blob == "gaussian":
-            blob = c.blob_density * torch.exp(-(x * x).sum(-1) / (2 * c.blob_radius**2))
-        elif c.blob == "linear":
-            blob = c.blob_density * (1 - x.norm(dim=-1) / c.blob_radius)
-        else:
-            blob = torch.zeros_like(x[:, 0])
-        return blob + c.density_shift
+            return c.blob_density * torch.exp(-(x * x).sum(-1) / (2 * c.blob_radius**2))
+        if c.blob == "linear":
+            return c.blob_density * (1 - x.norm(dim=-1) / c.blob_radius)
+        return torch.zeros_like(x[:, 0])
+
+    def density_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) -> (N,) pre-activation bias: blob plus ``density_shift``."""
+        return self._blob(x) + self.cfg.density_shift
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3) -> pre-activation density (N,) and albedo logits (N, 3)."""
-        h = self.mlp(self.encoding(x))
+        h = mlp_forward(self.mlp, self.encoding(x), x)
         return h[:, 0] + self.density_bias(x), h[:, 1:]
 
-    def density_bias_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3) -> (N, 3) the spatial gradient of ``density_bias``."""
+    def density_bias_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3) -> ``density_bias`` (N,) and its spatial gradient (N, 3), the blob computed once."""
         c = self.cfg
+        blob = self._blob(x)
         if c.blob == "gaussian":
-            blob = c.blob_density * torch.exp(-(x * x).sum(-1) / (2 * c.blob_radius**2))
-            return blob[:, None] * (-x / c.blob_radius**2)
-        if c.blob == "linear":
-            return -c.blob_density / c.blob_radius * x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return torch.zeros_like(x)
+            grad = x * (blob * (-1.0 / c.blob_radius**2))[:, None]
+        elif c.blob == "linear":
+            grad = x * (-c.blob_density / c.blob_radius / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        else:
+            grad = torch.zeros_like(x)
+        return blob + c.density_shift, grad
 
     def _raw_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3) -> pre-activation density (N,), albedo logits (N, 3) and the density's spatial gradient (N, 3)
         (analytic, first-order differentiable: no double backward)."""
         feats, jac = self.encoding.forward_with_jacobian(x)
         h, grad = mlp_with_input_grad(self.mlp, feats, jac)
-        return h[:, 0] + self.density_bias(x), h[:, 1:], grad + self.density_bias_grad(x)
+        bias, bias_grad = self.density_bias_and_grad(x)
+        return h[:, 0] + bias, h[:, 1:], grad + bias_grad
 
     def _activate(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         sigma = nn.functional.softplus(raw) if self.cfg.density_activation == "softplus" else trunc_exp(raw)
@@ -177,12 +182,12 @@ class RadianceField(nn.Module):
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> sigma (N,)."""
-        raw = self.mlp(self.encoding(x))[:, 0] + self.density_bias(x)
+        raw = mlp_forward(self.mlp, self.encoding(x), x)[:, 0] + self.density_bias(x)
         return self._activate(raw, x)
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> albedo (N, 3) in [0, 1]."""
-        return torch.sigmoid(self.mlp(self.encoding(x))[:, 1:])
+        return torch.sigmoid(mlp_forward(self.mlp, self.encoding(x), x)[:, 1:])
 
     def normals(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """x (N, 3) -> unit outward normals (N, 3) = -grad sigma / |grad sigma|."""

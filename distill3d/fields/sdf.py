@@ -30,7 +30,7 @@ from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
 from distill3d.fields.files import read_field, write_field
-from distill3d.fields.jacobian import mlp_with_input_grad
+from distill3d.fields.jacobian import mlp_forward, mlp_with_input_grad
 from distill3d.fields.nerf import FieldOutput, inside_box
 
 
@@ -117,7 +117,7 @@ class SDFField(nn.Module):
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3) -> signed distance (N,) and albedo logits (N, 3)."""
-        h = self.mlp(self.encoding(x))
+        h = mlp_forward(self.mlp, self.encoding(x), x)
         return h[:, 0] + self.sdf_init(x), h[:, 1:]
 
     def _density(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +164,7 @@ class SDFField(nn.Module):
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> albedo (N, 3) in [0, 1]."""
-        return torch.sigmoid(self.mlp(self.encoding(x))[:, 1:])
+        return torch.sigmoid(mlp_forward(self.mlp, self.encoding(x), x)[:, 1:])
 
     def normals(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """x (N, 3) -> unit outward normals (N, 3) = grad s / |grad s|."""

@@ -1,0 +1,370 @@
+"""The fields' MLP head as one fused CPU kernel, in C++: a Linear-ReLU-Linear MLP on the hash-grid features and,
+for normals, the spatial gradient of its output 0 (``jacobian.mlp_with_input_grad``), forward and backward, one
+point at a time.
+
+Why native code here: with the hash grid fused (``hashgrid_cpu``), the MLP was the next part of a distillation
+step: torch computes it as two matmuls, a ReLU mask, the input-gradient matmul and the contraction with the
+encoding's derivatives, each (and each backward) a pass over (N, 32) or (N, 3, 16) tensors in memory. No installed
+library fuses a tiny MLP with its input gradient on CPU (tiny-cuda-nn's fully fused MLP is CUDA only). Here the
+activations stay in registers and the backward recomputes the hidden layer: 40k samples of the default field
+(16 features, 32 hidden, 4 outputs) forward + backward ~6 ms against ~15 ms in torch. Built with ``-march=native``
+(``native_build``): its loops are written for the vector units (omp simd, branch-free masks); at the baseline
+instruction set they were slower than torch's matmuls.
+
+The weight gradients are summed per thread over fixed point chunks, then over threads in order: deterministic for a
+given thread count. Built and loaded by ``native_build.NativeLibrary``; ``DISTILL3D_NATIVE=0`` forces the torch
+code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from distill3d.fields.native_build import NativeLibrary, enabled, ptr
+
+_SOURCE = r"""
+// distill3d field MLP head, fused CPU kernels (see distill3d/fields/mlp_head_cpu.py). No torch headers.
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+// The field's MLP head, fused: one hidden ReLU layer, z = W1 f + b1, h = W2 relu(z) + b2 (h: O outputs), and the
+// input gradient of output 0 contracted with the encoding's spatial derivatives, c_k = sum_d jac[k, d] v_d with
+// v = W1^T (W2[0] * 1[z > 0]) (fields/jacobian.py's mlp_with_input_grad, one point at a time: the (N, H)
+// activations, masks and their gradients never go to memory). Loops run over the contiguous axis (w1t = W1^T for
+// the sums over d) so they vectorise without reassociating sums.
+constexpr int kMaxHead = 256;  // H and D bound of the per-point stack arrays (checked on the Python side)
+constexpr int kMaxOut = 16;
+// Branch free (a mask as a select, never a skipped row: a ReLU mask is a coin flip to the branch predictor) and
+// `omp simd` on the inner loops, reductions included (OpenMP lets them reassociate; -fopenmp enables the pragma).
+
+template <typename T>
+inline __attribute__((always_inline)) void head_hidden(int d, int h, const T* fi, const T* w1t, const T* b1, T* z) {
+#pragma omp simd
+  for (int j = 0; j < h; ++j) z[j] = b1[j];
+  for (int k = 0; k < d; ++k) {
+    const T fk = fi[k];
+    const T* wr = w1t + k * h;
+#pragma omp simd
+    for (int j = 0; j < h; ++j) z[j] += wr[j] * fk;
+  }
+}
+
+// u_j = W2[0, j] where z_j > 0 else 0, v (d) = W1^T u: d output 0 / d features
+template <typename T>
+inline __attribute__((always_inline)) void head_input_grad(int d, int h, const T* z, const T* w1, const T* w2,
+                                                            T* u, T* v) {
+#pragma omp simd
+  for (int j = 0; j < h; ++j) u[j] = z[j] > T(0) ? w2[j] : T(0);
+#pragma omp simd
+  for (int k = 0; k < d; ++k) v[k] = 0;
+  for (int j = 0; j < h; ++j) {
+    const T uj = u[j];
+    const T* wr = w1 + j * d;
+#pragma omp simd
+    for (int k = 0; k < d; ++k) v[k] += uj * wr[k];
+  }
+}
+
+template <typename T, int DC, int HC, int OC>
+void head_forward_impl(int64_t n, int d_, int h_, int o_, const T* f, const T* jac, const T* w1, const T* w1t,
+                       const T* b1, const T* w2, const T* w2t, const T* b2, T* out, T* outc) {
+  const int d = DC > 0 ? DC : d_, h = HC > 0 ? HC : h_, o = OC > 0 ? OC : o_;
+  (void)w2t;
+#pragma omp parallel
+  {
+    alignas(64) T z[kMaxHead];
+    alignas(64) T a[kMaxHead];
+    alignas(64) T u[kMaxHead];
+    alignas(64) T v[kMaxHead];
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      head_hidden<T>(d, h, f + i * d, w1t, b1, z);
+#pragma omp simd
+      for (int j = 0; j < h; ++j) a[j] = z[j] > T(0) ? z[j] : T(0);
+      for (int q = 0; q < o; ++q) {
+        const T* wr = w2 + q * h;
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int j = 0; j < h; ++j) s += wr[j] * a[j];
+        out[i * o + q] = s + b2[q];
+      }
+      if (jac) {
+        head_input_grad<T>(d, h, z, w1, w2, u, v);
+        const T* ji = jac + i * 3 * d;
+        for (int k3 = 0; k3 < 3; ++k3) {
+          T s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int k = 0; k < d; ++k) s += ji[k3 * d + k] * v[k];
+          outc[i * 3 + k3] = s;
+        }
+      }
+    }
+  }
+}
+
+// Gradients given gout (n, o) and gc (n, 3) (null: zero): gf (n, d), gjac (n, 3, d) (either may be null) and the
+// weights' (written, not accumulated), summed per thread over static point chunks, then over threads in order.
+template <typename T, int DC, int HC, int OC>
+void head_backward_impl(int64_t n, int d_, int h_, int o_, const T* f, const T* jac, const T* w1, const T* w1t,
+                        const T* b1, const T* w2, const T* gout, const T* gc, T* gf, T* gjac, T* gw1, T* gb1,
+                        T* gw2, T* gb2) {
+  const int d = DC > 0 ? DC : d_, h = HC > 0 ? HC : h_, o = OC > 0 ? OC : o_;
+  const int nt = omp_get_max_threads();
+  const int64_t stride = int64_t(h) * d + h + int64_t(o) * h + o;
+  std::vector<T> acc(std::size_t(nt * stride), T(0));
+  const bool with_c = gc != nullptr && jac != nullptr;
+#pragma omp parallel
+  {
+    T* A = acc.data() + omp_get_thread_num() * stride;
+    T* aw1 = A;
+    T* ab1 = aw1 + h * d;
+    T* aw2 = ab1 + h;
+    T* ab2 = aw2 + o * h;
+    alignas(64) T z[kMaxHead];
+    alignas(64) T a[kMaxHead];
+    alignas(64) T u[kMaxHead];
+    alignas(64) T v[kMaxHead];
+    alignas(64) T gz[kMaxHead];
+    alignas(64) T gu[kMaxHead];
+    alignas(64) T gv[kMaxHead];
+#pragma omp simd
+    for (int j = 0; j < kMaxHead; ++j) u[j] = gv[j] = T(0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const T* fi = f + i * d;
+      head_hidden<T>(d, h, fi, w1t, b1, z);
+#pragma omp simd
+      for (int j = 0; j < h; ++j) {
+        a[j] = z[j] > T(0) ? z[j] : T(0);
+        gz[j] = 0;
+      }
+      const T* gh = gout + i * o;
+      for (int q = 0; q < o; ++q) {
+        const T g = gh[q];
+        ab2[q] += g;
+        const T* wr = w2 + q * h;
+        T* ar = aw2 + q * h;
+#pragma omp simd
+        for (int j = 0; j < h; ++j) {
+          gz[j] += g * wr[j];
+          ar[j] += g * a[j];
+        }
+      }
+#pragma omp simd
+      for (int j = 0; j < h; ++j) {
+        gz[j] = z[j] > T(0) ? gz[j] : T(0);
+        ab1[j] += gz[j];
+      }
+      if (with_c) {
+        head_input_grad<T>(d, h, z, w1, w2, u, v);
+        const T* gci = gc + i * 3;
+        const T* ji = jac + i * 3 * d;
+#pragma omp simd
+        for (int k = 0; k < d; ++k) gv[k] = gci[0] * ji[k] + gci[1] * ji[d + k] + gci[2] * ji[2 * d + k];
+        if (gjac) {
+          T* gji = gjac + i * 3 * d;
+          for (int k3 = 0; k3 < 3; ++k3)
+#pragma omp simd
+            for (int k = 0; k < d; ++k) gji[k3 * d + k] = gci[k3] * v[k];
+        }
+#pragma omp simd
+        for (int j = 0; j < h; ++j) gu[j] = 0;
+        for (int k = 0; k < d; ++k) {
+          const T g = gv[k];
+          const T* wr = w1t + k * h;
+#pragma omp simd
+          for (int j = 0; j < h; ++j) gu[j] += g * wr[j];
+        }
+#pragma omp simd
+        for (int j = 0; j < h; ++j) aw2[j] += z[j] > T(0) ? gu[j] : T(0);  // u = W2[0] * mask
+      } else if (gjac) {
+        T* gji = gjac + i * 3 * d;
+#pragma omp simd
+        for (int k = 0; k < 3 * d; ++k) gji[k] = 0;
+      }
+      // u and gv stay 0 without the gradient path (zeroed once above, written only when with_c)
+      for (int j = 0; j < h; ++j) {
+        const T uj = u[j], gzj = gz[j];
+        T* ar = aw1 + j * d;
+#pragma omp simd
+        for (int k = 0; k < d; ++k) ar[k] += uj * gv[k] + gzj * fi[k];
+      }
+      if (gf) {
+        T* gfi = gf + i * d;
+        alignas(64) T s[kMaxHead];
+#pragma omp simd
+        for (int k = 0; k < d; ++k) s[k] = 0;
+        for (int j = 0; j < h; ++j) {
+          const T g = gz[j];
+          const T* wr = w1 + j * d;
+#pragma omp simd
+          for (int k = 0; k < d; ++k) s[k] += g * wr[k];
+        }
+#pragma omp simd
+        for (int k = 0; k < d; ++k) gfi[k] = s[k];
+      }
+    }
+  }
+  // thread sums in thread order: the same thread count gives the same bits
+  for (int64_t e = 0; e < stride; ++e) {
+    T s = 0;
+    for (int t = 0; t < nt; ++t) s += acc[t * stride + e];
+    T* dst = e < int64_t(h) * d ? gw1 + e
+             : e < int64_t(h) * d + h ? gb1 + (e - int64_t(h) * d)
+             : e < int64_t(h) * d + h + int64_t(o) * h ? gw2 + (e - int64_t(h) * d - h)
+             : gb2 + (e - int64_t(h) * d - h - int64_t(o) * h);
+    *dst = s;
+  }
+}
+
+// The default field head (16 features, 32 hidden, 4 outputs) in float32 gets sizes known at compile time (loops
+// unrolled into whole vectors); any other size or float64 (the tests) the generic kernel.
+template <typename T>
+void head_forward_dispatch(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1, const T* w1t,
+                           const T* b1, const T* w2, const T* w2t, const T* b2, T* out, T* outc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (d == 16 && h == 32 && o == 4)
+      return head_forward_impl<T, 16, 32, 4>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc);
+  }
+  head_forward_impl<T, 0, 0, 0>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc);
+}
+
+template <typename T>
+void head_backward_dispatch(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1, const T* w1t,
+                            const T* b1, const T* w2, const T* gout, const T* gc, T* gf, T* gjac, T* gw1, T* gb1,
+                            T* gw2, T* gb2) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (d == 16 && h == 32 && o == 4)
+      return head_backward_impl<T, 16, 32, 4>(n, d, h, o, f, jac, w1, w1t, b1, w2, gout, gc, gf, gjac, gw1, gb1,
+                                              gw2, gb2);
+  }
+  head_backward_impl<T, 0, 0, 0>(n, d, h, o, f, jac, w1, w1t, b1, w2, gout, gc, gf, gjac, gw1, gb1, gw2, gb2);
+}
+
+}  // namespace
+
+extern "C" {
+
+int d3mh_version() { return 1; }
+
+#define D3MH_DEFINE(SUFFIX, T) \
+  void d3mh_forward_##SUFFIX(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1,       \
+                                  const T* w1t, const T* b1, const T* w2, const T* w2t, const T* b2, T* out,  \
+                                  T* outc) {                                                                 \
+    head_forward_dispatch<T>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc);                       \
+  }                                                                                                          \
+  int d3mh_backward_##SUFFIX(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1,       \
+                                  const T* w1t, const T* b1, const T* w2, const T* gout, const T* gc, T* gf,  \
+                                  T* gjac, T* gw1, T* gb1, T* gw2, T* gb2) {                                 \
+    try {                                                                                                    \
+      head_backward_dispatch<T>(n, d, h, o, f, jac, w1, w1t, b1, w2, gout, gc, gf, gjac, gw1, gb1, gw2, gb2);\
+      return 0;                                                                                              \
+    } catch (...) {                                                                                          \
+      return -1;                                                                                             \
+    }                                                                                                        \
+  }
+
+D3MH_DEFINE(f32, float)
+D3MH_DEFINE(f64, double)
+
+}  // extern "C"
+"""
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    if lib.d3mh_version() != 1:
+        raise RuntimeError("unexpected MLP-head kernel version")
+    i64, i32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    for s in ("f32", "f64"):
+        getattr(lib, f"d3mh_forward_{s}").argtypes = [i64, i32, i32, i32] + [p] * 10
+        getattr(lib, f"d3mh_forward_{s}").restype = None
+        getattr(lib, f"d3mh_backward_{s}").argtypes = [i64, i32, i32, i32] + [p] * 14
+        getattr(lib, f"d3mh_backward_{s}").restype = i32
+
+
+NATIVE = NativeLibrary("distill3d_mlp_head", _SOURCE, _bind, "MLP-head kernel")
+
+
+def available() -> bool:
+    """True when the native kernel is enabled (``DISTILL3D_NATIVE``) and built."""
+    return enabled() and NATIVE.get() is not None
+
+
+MAX_HEAD_WIDTH = 256  # kMaxHead: the widest hidden layer / feature vector the fused head takes
+MAX_HEAD_OUTPUTS = 16  # kMaxOut
+
+
+def head_fits(d: int, h: int, o: int) -> bool:
+    """The fused MLP head's size limits (its per-point arrays live on the stack)."""
+    return 0 < d <= MAX_HEAD_WIDTH and 0 < h <= MAX_HEAD_WIDTH and 0 < o <= MAX_HEAD_OUTPUTS
+
+
+class MLPHeadFunction(torch.autograd.Function):
+    """``apply(feats, jac, w1, b1, w2, b2)``: a Linear-ReLU-Linear MLP on feats (N, D), h = W2 relu(W1 f + b1) + b2
+    (N, O), and with jac (N, 3, D) (else None) also c (N, 3) = jac . (d h_0 / d feats), the spatial gradient of
+    output 0 in the encoding's units; returns h, or (h, c). One fused pass per point forward and backward
+    (torch's two matmuls, the ReLU's mask, the input-gradient matmul and the contraction, with their backwards,
+    cost ~4x more here: ~14 ms against ~4 for 40k points). First-order differentiable w.r.t. everything but the
+    shapes; the backward recomputes the hidden layer instead of storing it."""
+
+    @staticmethod
+    def forward(ctx, feats, jac, w1, b1, w2, b2):
+        lib = NATIVE.get()
+        if lib is None:
+            raise RuntimeError("the native MLP-head kernel is unavailable")
+        dt = feats.dtype
+        feats = feats.contiguous()
+        jac = None if jac is None else jac.to(dt).contiguous()
+        w1, b1, w2, b2 = (t.detach().to(dt).contiguous() for t in (w1, b1, w2, b2))
+        n, d = feats.shape
+        h, o = w1.shape[0], w2.shape[0]
+        if w1.shape != (h, d) or b1.shape != (h,) or w2.shape != (o, h) or b2.shape != (o,) or not head_fits(d, h, o):
+            raise ValueError(f"MLP head: unsupported shapes feats {tuple(feats.shape)}, W1 {tuple(w1.shape)}, "
+                             f"W2 {tuple(w2.shape)}")
+        if jac is not None and jac.shape != (n, 3, d):
+            raise ValueError(f"MLP head: jac {tuple(jac.shape)} does not match feats {tuple(feats.shape)}")
+        w1t, w2t = w1.T.contiguous(), w2.T.contiguous()
+        out = torch.empty(n, o, dtype=dt)
+        outc = torch.empty(n, 3, dtype=dt) if jac is not None else None
+        if n:
+            torch.get_num_threads()
+            fn = lib.d3mh_forward_f32 if dt == torch.float32 else lib.d3mh_forward_f64
+            fn(n, d, h, o, ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2), ptr(w2t), ptr(b2),
+               ptr(out), ptr(outc))
+        ctx.save_for_backward(feats, jac, w1, b1, w2)
+        ctx.set_materialize_grads(False)
+        return out if jac is None else (out, outc)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, g_c=None):
+        feats, jac, w1, b1, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        n, d = feats.shape
+        h, o = w1.shape[0], w2.shape[0]
+        dt = feats.dtype
+        g_out = torch.zeros(n, o, dtype=dt) if g_out is None else g_out.to(dt).contiguous()
+        g_c = None if (g_c is None or jac is None) else g_c.to(dt).contiguous()
+        gf = torch.empty(n, d, dtype=dt) if need[0] else None
+        gjac = torch.empty(n, 3, d, dtype=dt) if (jac is not None and need[1]) else None
+        gw1, gb1 = torch.zeros(h, d, dtype=dt), torch.zeros(h, dtype=dt)
+        gw2, gb2 = torch.zeros(o, h, dtype=dt), torch.zeros(o, dtype=dt)
+        if n:
+            torch.get_num_threads()
+            lib = NATIVE.get()
+            w1t = w1.T.contiguous()  # held here: a temporary's memory would be freed before the call
+            fn = lib.d3mh_backward_f32 if dt == torch.float32 else lib.d3mh_backward_f64
+            if fn(n, d, h, o, ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2),
+                  ptr(g_out), ptr(g_c), ptr(gf), ptr(gjac), ptr(gw1), ptr(gb1), ptr(gw2), ptr(gb2)):
+                raise RuntimeError("native MLP head backward failed")
+        elif gjac is not None:
+            gjac.zero_()
+        return (gf, gjac, gw1 if need[2] else None, gb1 if need[3] else None, gw2 if need[4] else None,
+                gb2 if need[5] else None)
