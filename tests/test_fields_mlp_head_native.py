@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from native_build_failure import break_the_build
 from torch import nn
 
 from distill3d.fields import jacobian, mlp_head_cpu
@@ -117,18 +118,14 @@ def test_fields_take_the_fused_head_only_where_it_applies(monkeypatch) -> None:
 
 
 def test_build_failure_falls_back_to_torch_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
-    monkeypatch.setattr(mlp_head_cpu.NATIVE, "_lib", None)  # as if never built (restored after the test)
-    monkeypatch.setattr(mlp_head_cpu.NATIVE, "_tried", False)
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.delenv("DISTILL3D_NATIVE", raising=False)
+    break_the_build(monkeypatch, tmp_path, mlp_head_cpu.NATIVE)
     mlp = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     f, jac = torch.randn(30, 8), torch.randn(30, 3, 8)
     with caplog.at_level(logging.WARNING, logger="distill3d.fields.native_build"):
         h, g = mlp_with_input_grad(mlp, f, jac)
         mlp_forward(mlp, f)
     assert not mlp_head_cpu.available()
-    warnings = [r for r in caplog.records if r.name == "distill3d.fields.native_build"]
+    warnings = [r for r in caplog.records if r.name == "distill3d.fields.native_build" and "MLP-head" in r.getMessage()]
     assert len(warnings) == 1 and "MLP-head kernel unavailable, using the torch code" in warnings[0].getMessage()
     torch.testing.assert_close(h, mlp(f))
     v = (mlp[2].weight[0] * (mlp[0](f) > 0)) @ mlp[0].weight
