@@ -48,9 +48,9 @@ def test_fused_head_gradients_check_in_float64() -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("sizes", [(16, 32, 4), (24, 32, 4), (16, 64, 7)])
+@pytest.mark.parametrize("sizes", [(16, 32, 4), (12, 32, 4), (24, 32, 4), (16, 64, 7)])
 def test_fused_head_matches_torch_in_float32(sizes) -> None:
-    """The default field's sizes (16, 32, 4: compile-time loops) and others (the generic kernel)."""
+    """The default fields' sizes (16 / 12, 32, 4: compile-time loops) and others (the generic kernel)."""
     d, h, o = sizes
     a_in = _inputs(5000, d, h, o, torch.float32, seed=1)
     b_in = [t.detach().clone().requires_grad_(True) for t in a_in]
