@@ -4,7 +4,8 @@
       1. resolve the method's chain for the request and plan it (flows/plan.py: params validated, keys computed,
          the store checked; no Prefect)
       2. every stage already in the store (and no forced re-run): copy the outputs, Prefect never starts;
-         otherwise run the method's flow (flows/<method>.py), a subflow when called inside a flow run
+         otherwise run the method's flow (flows/<method>.py), a subflow when called inside a flow run (Prefect's
+         temporary server started first, while the stages' slow imports load: flows/server_start.py)
       3. write `out/` atomically: mesh.glb, turntable.gif, views.png (the asset step's files), metrics.json (toy
          prompts), manifest.json (the request and every stage's key, params, timings and output)
 """
@@ -23,6 +24,7 @@ from typing import Any
 from flows.method_spec import Method
 from flows.methods import get_method
 from flows.plan import Plan, chain_manifest, check_from_stage, default_params_file, plan, resolve_chain
+from flows.server_start import start_server
 from stages.core.protocol import StageError
 from stages.core.store import atomic_dir
 
@@ -134,5 +136,6 @@ def make_asset(request: AssetRequest, planned: Plan | None = None) -> dict[str, 
         if not is_current(out, planned):
             assemble(method, planned.outputs, out, info)
     else:
+        start_server(planned, request.from_stage)  # with the prior's imports, on the other core
         assemble(method, run_method_flow(request), out, info)
     return {"out": str(out), "cached": cached, "seconds": round(time.perf_counter() - t0, 3)}

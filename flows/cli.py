@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from functools import wraps
@@ -39,6 +38,7 @@ from flows.methods import get_method, methods
 from flows.plan import default_params_file, resolve_inputs
 from stages.core.execute import execute
 from stages.core.params import load_params, parse_override, set_dotted
+from stages.core.process_exit import exit_process
 from stages.core.protocol import StageError, get_stage
 
 METHOD_NAMES = ", ".join(methods())
@@ -406,8 +406,13 @@ def sweep(
 
 
 def main() -> None:  # pragma: no cover
-    app()
+    """The `distill3d` command (the console script): the app, then ``exit_process`` (no interpreter teardown)."""
+    try:
+        app()
+    except SystemExit as exc:
+        exit_process(exc.code)
+    exit_process(0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

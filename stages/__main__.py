@@ -21,6 +21,7 @@ from pathlib import Path
 
 from stages.core.execute import execute
 from stages.core.params import load_params, read_params_file
+from stages.core.process_exit import exit_process
 from stages.core.protocol import StageError, get_stage, stage_names
 from stages.core.store import read_manifest
 
@@ -110,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -221,12 +221,12 @@ def test_build_failure_falls_back_to_torch_with_one_warning(monkeypatch, tmp_pat
     break_the_build(monkeypatch, tmp_path, hashgrid_cpu.NATIVE)
     enc = HashGridEncoding(HashGridConfig(n_levels=3, log2_hashmap_size=8, base_resolution=4, max_resolution=16))
     x = torch.rand(20, 3) * 2 - 1
-    with caplog.at_level(logging.WARNING, logger="distill3d.fields.native_build"):
+    with caplog.at_level(logging.WARNING, logger="distill3d.native_build"):
         f1 = enc(x)
         f2, _ = enc.forward_with_grad(x)
     assert not hashgrid_cpu.available()
     warnings = [r for r in caplog.records
-                if r.name == "distill3d.fields.native_build" and "hash-grid" in r.getMessage()]
+                if r.name == "distill3d.native_build" and "hash-grid" in r.getMessage()]
     assert len(warnings) == 1 and "hash-grid kernels unavailable, using the torch code" in warnings[0].getMessage()
     assert "no-such-compiler" in warnings[0].getMessage()
     monkeypatch.setenv("DISTILL3D_NATIVE", "0")

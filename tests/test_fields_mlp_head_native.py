@@ -121,12 +121,12 @@ def test_build_failure_falls_back_to_torch_with_one_warning(monkeypatch, tmp_pat
     break_the_build(monkeypatch, tmp_path, mlp_head_cpu.NATIVE)
     mlp = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     f, jac = torch.randn(30, 8), torch.randn(30, 3, 8)
-    with caplog.at_level(logging.WARNING, logger="distill3d.fields.native_build"):
+    with caplog.at_level(logging.WARNING, logger="distill3d.native_build"):
         h, g = mlp_with_input_grad(mlp, f, jac)
         mlp_forward(mlp, f)
     assert not mlp_head_cpu.available()
-    warnings = [r for r in caplog.records if r.name == "distill3d.fields.native_build" and "MLP-head" in r.getMessage()]
-    assert len(warnings) == 1 and "MLP-head kernel unavailable, using the torch code" in warnings[0].getMessage()
+    warnings = [r for r in caplog.records if r.name == "distill3d.native_build" and "MLP-head" in r.getMessage()]
+    assert len(warnings) == 1 and "MLP-head kernels unavailable, using the torch code" in warnings[0].getMessage()
     torch.testing.assert_close(h, mlp(f))
     v = (mlp[2].weight[0] * (mlp[0](f) > 0)) @ mlp[0].weight
     torch.testing.assert_close(g, (jac * v[:, None, :]).sum(-1))

@@ -157,3 +157,30 @@ def test_a_new_method_is_one_definition(home, tmp_path):
         assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["method"] == "tinymethod"
     finally:
         fake_stages.unregister_method()
+
+
+def test_server_start_ahead_imports_the_prior_code_while_prefects_server_starts(home):
+    """`make_asset` starts Prefect's temporary server before a flow run (flows/server_start.py): the server answers,
+    the prior's code was imported meanwhile, the flow then runs on that server; and nothing is imported for a plan
+    whose prior-taking stage is in the store."""
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from flows.plan import plan
+    from flows.server_start import PRIOR_CODE, modules_to_import, start_server
+
+    planned = plan(_chain(str(home / "prior"), steps=5))
+    assert not planned.complete and modules_to_import(planned) == PRIOR_CODE
+    done = plan(_chain(str(home / "prior"), steps=5))
+    done.steps[0].complete = True  # nerf_sds (the only stage taking the prior) in the store: nothing slow to import
+    assert modules_to_import(done) == ()
+    assert modules_to_import(done, from_stage="nerf_sds") == PRIOR_CODE  # ... unless it is forced to run again
+
+    start_server(planned)
+    server = SubprocessASGIServer()
+    assert server.running and httpx.get(f"{server.api_url}/health").status_code == 200
+    assert all(m in sys.modules for m in PRIOR_CODE)
+    from flows.dreamfusion import dreamfusion
+
+    outputs = dreamfusion(PROMPT, prior=str(home / "prior"), params={"nerf_sds": {"optimize.steps": 5}})
+    assert SubprocessASGIServer().api_url == server.api_url and outputs.keys() == {s.name for s in planned.steps}

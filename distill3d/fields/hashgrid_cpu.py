@@ -28,7 +28,7 @@ import ctypes
 
 import torch
 
-from distill3d.fields.native_build import NativeLibrary, enabled, ptr
+from distill3d.native_build import NativeLibrary, ptr
 
 _SOURCE = r"""
 // distill3d hash-grid encoding, fused CPU kernels (see distill3d/fields/hashgrid_cpu.py). No torch headers:
@@ -330,24 +330,11 @@ D3HG_DEFINE(f64, double)
 }  // extern "C"
 """
 
-def _bind(lib: ctypes.CDLL) -> None:
-    if lib.d3hg_version() != 1:
-        raise RuntimeError("unexpected hash-grid kernel version")
-    i64, i32, u32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
-    for s in ("f32", "f64"):
-        fwd = getattr(lib, f"d3hg_forward_{s}")
-        fwd.argtypes = [i64, p, p, i64, i64, i64, i32, i32, i32, u32, p, p, p, p, p]
-        fwd.restype = i32
-        bwd = getattr(lib, f"d3hg_backward_{s}")
-        bwd.argtypes = [i64, p, p, i64, i64, i64, i32, i32, i32, u32, p, p, p, p, p, i32]
-        bwd.restype = i32
-        getattr(lib, f"d3hg_contract_{s}").argtypes = [i64, i32, p, p, p]
-        getattr(lib, f"d3hg_contract_{s}").restype = None
-        getattr(lib, f"d3hg_contract_backward_{s}").argtypes = [i64, i32, p, p, p, p, p]
-        getattr(lib, f"d3hg_contract_backward_{s}").restype = None
-
-
-NATIVE = NativeLibrary("distill3d_hashgrid", _SOURCE, _bind, "hash-grid kernels")
+NATIVE = NativeLibrary(
+    "distill3d_hashgrid", _SOURCE, "hash-grid kernels", version=("d3hg_version", 1),
+    kernels={"d3hg_forward": ("lppllliiiuppppp", "i"), "d3hg_backward": ("lppllliiiupppppi", "i"),
+             "d3hg_contract": ("lippp", None), "d3hg_contract_backward": ("lippppp", None)},
+    functions={"d3hg_max_threads": ("", "i")})
 
 
 def library() -> ctypes.CDLL | None:
@@ -357,16 +344,14 @@ def library() -> ctypes.CDLL | None:
 
 def kernel_threads() -> int:
     """The number of threads the kernels use when called from this thread (torch's intra-op count)."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native hash-grid kernels are unavailable")
+    lib = NATIVE.library()
     torch.get_num_threads()
     return int(lib.d3hg_max_threads())
 
 
 def available() -> bool:
     """True when the native kernels are enabled (``DISTILL3D_NATIVE``) and built."""
-    return enabled() and library() is not None
+    return NATIVE.available()
 
 
 class GridMeta:
@@ -416,9 +401,7 @@ def forward(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta, with_grad: b
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x01 (N, 3) in [0, 1] (clamped), table (F, M) -> features (N, L*F) level-major and, with ``with_grad``, their
     derivatives w.r.t. x01 (N, 3, L*F). No autograd (see :class:`HashGridFunction`). The table may be strided."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native hash-grid kernels are unavailable")
+    fn = NATIVE.kernel("d3hg_forward", table.dtype)
     _check(x01, table, meta)
     n, (f, m) = x01.shape[0], table.shape
     d = meta.n_levels * f
@@ -426,8 +409,6 @@ def forward(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta, with_grad: b
     dout = torch.empty(n, 3, d, dtype=table.dtype) if with_grad else None
     if n == 0:
         return out, dout
-    torch.get_num_threads()  # sets this thread's OpenMP thread count to torch's (as at::parallel_for does)
-    fn = lib.d3hg_forward_f32 if table.dtype == torch.float32 else lib.d3hg_forward_f64
     if fn(n, ptr(x01), ptr(table), m, table.stride(0), table.stride(1), f, meta.n_levels, meta.n_dense,
           meta.hash_mask, ptr(meta.res), ptr(meta.offsets), ptr(meta.strides), ptr(out), ptr(dout)):
         raise RuntimeError("native hash-grid forward failed")
@@ -439,9 +420,7 @@ def backward(x01: torch.Tensor, table_shape: tuple[int, int], dtype: torch.dtype
     """Gradient of the table (F, M) given d loss / d features (N, L*F) and / or d loss / d derivatives
     (N, 3, L*F): scatter-add of the trilinear weights (and of their spatial derivatives). ``mode`` 0 splits the
     levels among threads (deterministic), 1 gives each thread a private table over a point chunk (then sums)."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("native hash-grid kernels are unavailable")
+    fn = NATIVE.kernel("d3hg_backward", dtype)
     f, m = table_shape
     n, d = x01.shape[0], meta.n_levels * f
     _check(x01, torch.empty(0, m, dtype=dtype), meta)
@@ -456,8 +435,6 @@ def backward(x01: torch.Tensor, table_shape: tuple[int, int], dtype: torch.dtype
         grad_dout = grad_dout.to(dtype).contiguous()
         if grad_dout.shape != (n, 3, d):
             raise ValueError(f"grad of derivatives: expected {(n, 3, d)}, got {tuple(grad_dout.shape)}")
-    torch.get_num_threads()
-    fn = lib.d3hg_backward_f32 if dtype == torch.float32 else lib.d3hg_backward_f64
     if fn(n, ptr(x01), ptr(grad_table), m, grad_table.stride(0), grad_table.stride(1), f, meta.n_levels,
           meta.n_dense, meta.hash_mask, ptr(meta.res), ptr(meta.offsets), ptr(meta.strides), ptr(grad_out),
           ptr(grad_dout), int(mode)):
@@ -498,16 +475,12 @@ class ContractFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, jac: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        lib = library()
-        if lib is None:
-            raise RuntimeError("native hash-grid kernels are unavailable")
+        fn = NATIVE.kernel("d3hg_contract", jac.dtype)
         jac, v = jac.contiguous(), v.to(jac.dtype).contiguous()
         n, d = v.shape
         if jac.shape != (n, 3, d):
             raise ValueError(f"contract: jac {tuple(jac.shape)} does not match v {tuple(v.shape)}")
         out = torch.empty(n, 3, dtype=jac.dtype)
-        torch.get_num_threads()
-        fn = lib.d3hg_contract_f32 if jac.dtype == torch.float32 else lib.d3hg_contract_f64
         if n:
             fn(n, d, ptr(jac), ptr(v), ptr(out))
         ctx.save_for_backward(jac, v)
@@ -522,9 +495,7 @@ class ContractFunction(torch.autograd.Function):
         grad_jac = torch.empty_like(jac) if need_jac else None
         grad_v = torch.empty_like(v) if need_v else None
         if n and (need_jac or need_v):
-            torch.get_num_threads()
-            fn = library().d3hg_contract_backward_f32 if jac.dtype == torch.float32 else \
-                library().d3hg_contract_backward_f64
+            fn = NATIVE.kernel("d3hg_contract_backward", jac.dtype)
             g = g.to(jac.dtype).contiguous()  # held: a temporary's memory would be freed before the call
             fn(n, d, ptr(jac), ptr(v), ptr(g), ptr(grad_jac), ptr(grad_v))
         return grad_jac, grad_v

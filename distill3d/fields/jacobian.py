@@ -42,7 +42,8 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``mlp(features)`` (N, O) and d output[:, 0] / d x (N, 3), given the features (N, D) and their derivatives
     d features / d x (a ``SpatialJacobian`` or a dense (N, 3, D) tensor). ``mlp`` is a sequence of ``nn.Linear``
-    and ``nn.ReLU`` ending in a Linear.
+    and ``nn.ReLU`` ending in a Linear; a Linear-ReLU-Linear one on CPU runs as the native fused head
+    (``mlp_head_cpu.MLPHeadFunction``, when ``_fused_head_applies``), any other as the torch code below.
 
     Output 0 is one number per point, so its input gradient is one reverse pass (v <- v W through a Linear,
     v <- v * 1[z > 0] through a ReLU, from v = the last layer's row 0): d out0 / d features (N, D), then contracted

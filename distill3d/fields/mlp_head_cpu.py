@@ -18,11 +18,9 @@ code.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
-from distill3d.fields.native_build import NativeLibrary, enabled, ptr
+from distill3d.native_build import NativeLibrary, ptr
 
 _SOURCE = r"""
 // distill3d field MLP head, fused CPU kernels (see distill3d/fields/mlp_head_cpu.py). No torch headers.
@@ -284,23 +282,13 @@ D3MH_DEFINE(f64, double)
 """
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    if lib.d3mh_version() != 1:
-        raise RuntimeError("unexpected MLP-head kernel version")
-    i64, i32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    for s in ("f32", "f64"):
-        getattr(lib, f"d3mh_forward_{s}").argtypes = [i64, i32, i32, i32] + [p] * 10
-        getattr(lib, f"d3mh_forward_{s}").restype = None
-        getattr(lib, f"d3mh_backward_{s}").argtypes = [i64, i32, i32, i32] + [p] * 14
-        getattr(lib, f"d3mh_backward_{s}").restype = i32
-
-
-NATIVE = NativeLibrary("distill3d_mlp_head", _SOURCE, _bind, "MLP-head kernel")
+NATIVE = NativeLibrary("distill3d_mlp_head", _SOURCE, "MLP-head kernels", version=("d3mh_version", 1),
+                       kernels={"d3mh_forward": ("liii" + "p" * 10, None), "d3mh_backward": ("liii" + "p" * 14, "i")})
 
 
 def available() -> bool:
     """True when the native kernel is enabled (``DISTILL3D_NATIVE``) and built."""
-    return enabled() and NATIVE.get() is not None
+    return NATIVE.available()
 
 
 MAX_HEAD_WIDTH = 256  # kMaxHead: the widest hidden layer / feature vector the fused head takes
@@ -323,10 +311,8 @@ class MLPHeadFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats, jac, w1, b1, w2, b2):
-        lib = NATIVE.get()
-        if lib is None:
-            raise RuntimeError("the native MLP-head kernel is unavailable")
         dt = feats.dtype
+        fn = NATIVE.kernel("d3mh_forward", dt)
         feats = feats.contiguous()
         jac = None if jac is None else jac.to(dt).contiguous()
         w1, b1, w2, b2 = (t.detach().to(dt).contiguous() for t in (w1, b1, w2, b2))
@@ -341,18 +327,16 @@ class MLPHeadFunction(torch.autograd.Function):
         out = torch.empty(n, o, dtype=dt)
         outc = torch.empty(n, 3, dtype=dt) if jac is not None else None
         if n:
-            torch.get_num_threads()
-            fn = lib.d3mh_forward_f32 if dt == torch.float32 else lib.d3mh_forward_f64
             fn(n, d, h, o, ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2), ptr(w2t), ptr(b2),
                ptr(out), ptr(outc))
-        ctx.save_for_backward(feats, jac, w1, b1, w2)
+        ctx.save_for_backward(feats, jac, w1, w1t, b1, w2)
         ctx.set_materialize_grads(False)
         return out if jac is None else (out, outc)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out, g_c=None):
-        feats, jac, w1, b1, w2 = ctx.saved_tensors
+        feats, jac, w1, w1t, b1, w2 = ctx.saved_tensors
         need = ctx.needs_input_grad
         n, d = feats.shape
         h, o = w1.shape[0], w2.shape[0]
@@ -364,10 +348,7 @@ class MLPHeadFunction(torch.autograd.Function):
         gw1, gb1 = torch.zeros(h, d, dtype=dt), torch.zeros(h, dtype=dt)
         gw2, gb2 = torch.zeros(o, h, dtype=dt), torch.zeros(o, dtype=dt)
         if n:
-            torch.get_num_threads()
-            lib = NATIVE.get()
-            w1t = w1.T.contiguous()  # held here: a temporary's memory would be freed before the call
-            fn = lib.d3mh_backward_f32 if dt == torch.float32 else lib.d3mh_backward_f64
+            fn = NATIVE.kernel("d3mh_backward", dt)
             if fn(n, d, h, o, ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2),
                   ptr(g_out), ptr(g_c), ptr(gf), ptr(gjac), ptr(gw1), ptr(gb1), ptr(gw2), ptr(gb2)):
                 raise RuntimeError("native MLP head backward failed")

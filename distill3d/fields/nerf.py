@@ -182,12 +182,11 @@ class RadianceField(nn.Module):
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> sigma (N,)."""
-        raw = mlp_forward(self.mlp, self.encoding(x), x)[:, 0] + self.density_bias(x)
-        return self._activate(raw, x)
+        return self._activate(self._raw(x)[0], x)
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> albedo (N, 3) in [0, 1]."""
-        return torch.sigmoid(mlp_forward(self.mlp, self.encoding(x), x)[:, 1:])
+        return torch.sigmoid(self._raw(x)[1])
 
     def normals(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """x (N, 3) -> unit outward normals (N, 3) = -grad sigma / |grad sigma|."""

@@ -164,7 +164,7 @@ class SDFField(nn.Module):
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> albedo (N, 3) in [0, 1]."""
-        return torch.sigmoid(mlp_forward(self.mlp, self.encoding(x), x)[:, 1:])
+        return torch.sigmoid(self._raw(x)[1])
 
     def normals(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """x (N, 3) -> unit outward normals (N, 3) = grad s / |grad s|."""

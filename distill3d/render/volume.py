@@ -6,9 +6,11 @@
 Two paths behind one function, picked by device:
 
 * batched (any device, the CPU path): ``n_samples`` stratified samples per ray inside the ray's intersection with
-  the [-bound, bound]^3 box, nerfacc's batched ``render_weight_from_density`` / ``accumulate_along_rays``. When an
-  ``OccupancyCache`` is given, only samples in occupied cells are sent to the field (the others get sigma = 0):
-  nerfacc's occupancy grid needs CUDA, so on CPU the cache keeps its own small grid (hand-written for that reason).
+  the [-bound, bound]^3 box. When an ``OccupancyCache`` is given, only samples in occupied cells are sent to the
+  field (the others get sigma = 0): nerfacc's occupancy grid needs CUDA, so on CPU the cache keeps its own small
+  grid (hand-written for that reason). nerfacc's batched ``render_weight_from_density`` and packed
+  ``accumulate_along_rays`` composite. On CPU the same sampling and quadrature run as fused kernels
+  (``volume_cpu``; ``DISTILL3D_NATIVE=0`` forces the torch code).
 * packed (CUDA with an ``OccupancyCache``): ``nerfacc.OccGridEstimator.sampling`` marches the rays with empty-space
   skipping and the packed (``ray_indices``) forms of the same nerfacc functions composite.
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from distill3d import shading as shading_mod
 from distill3d.cameras import Cameras, camera_rays
+from distill3d.render import volume_cpu
 
 Shading = Literal["albedo", "lambertian", "textureless"]
 
@@ -171,6 +174,9 @@ def render_field(
 
     if occupancy is not None and occupancy.use_nerfacc:
         out = _render_packed(field, o, d, occupancy, shading, light, ambient, stratified, with_normals, create_graph)
+    elif volume_cpu.applies(o, shading):
+        out = _render_native(field, o, d, n_samples, occupancy, shading, light, ambient, stratified, generator,
+                             with_normals, create_graph)
     else:
         out = _render_batched(field, o, d, n_samples, occupancy, shading, light, ambient, stratified, generator,
                               with_normals, create_graph)
@@ -191,22 +197,33 @@ def render_field(
     return res
 
 
-def _render_batched(field, o, d, n_samples, occupancy, shading, light, ambient, stratified, generator, with_normals,
-                    create_graph) -> dict:
-    """Batched (R, S) sampling inside the box, field evaluated only at valid (and occupied) samples."""
+def dense_samples(o: torch.Tensor, d: torch.Tensor, bound: float, n_samples: int, u: torch.Tensor | None,
+                  occupancy: OccupancyCache | None) -> tuple[torch.Tensor, ...]:
+    """Stratified samples of rays o, d (R, 3): ``n_samples`` equal intervals of each ray's intersection with the
+    [-bound, bound]^3 box, the point at fraction u (R, S) of each (None: the middle) -> t_starts, t_ends, t_mid
+    (R, S), points (R, S, 3), valid (R, S) (the ray hits the box and, with ``occupancy``, the cell is occupied)."""
     R, S, dev = o.shape[0], n_samples, o.device
-    t_near, t_far, hit = ray_box_intersect(o, d, field.bound)
+    t_near, t_far, hit = ray_box_intersect(o, d, bound)
     t_far = torch.where(hit, t_far, t_near)
     edges = torch.linspace(0.0, 1.0, S + 1, device=dev)
     span = (t_far - t_near)[:, None]
     t_starts = t_near[:, None] + span * edges[None, :-1]  # (R, S)
     t_ends = t_near[:, None] + span * edges[None, 1:]
-    u = torch.rand((R, S), generator=generator).to(dev) if stratified else torch.full((R, S), 0.5, device=dev)
+    u = torch.full((R, S), 0.5, device=dev) if u is None else u
     t_mid = t_starts + (t_ends - t_starts) * u  # evaluation point inside each interval
     x = o[:, None, :] + d[:, None, :] * t_mid[..., None]  # (R, S, 3)
     valid = hit[:, None].expand(R, S)
     if occupancy is not None:
         valid = valid & occupancy.occupied(x.reshape(-1, 3)).view(R, S)
+    return t_starts, t_ends, t_mid, x, valid
+
+
+def _render_batched(field, o, d, n_samples, occupancy, shading, light, ambient, stratified, generator, with_normals,
+                    create_graph) -> dict:
+    """Batched (R, S) sampling inside the box, field evaluated only at valid (and occupied) samples."""
+    R, S, dev = o.shape[0], n_samples, o.device
+    u = torch.rand((R, S), generator=generator).to(dev) if stratified else None
+    t_starts, t_ends, t_mid, x, valid = dense_samples(o, d, field.bound, S, u, occupancy)
     sel = valid.reshape(-1).nonzero().squeeze(-1)  # (M,) flat sample ids
     ray_id = sel // S
     xs = x.reshape(-1, 3)[sel]
@@ -224,6 +241,22 @@ def _render_batched(field, o, d, n_samples, occupancy, shading, light, ambient, 
     if with_normals:
         out["normal"] = nerfacc.accumulate_along_rays(w_sel, q.normals, ray_indices=ray_id, n_rays=R)
         out.update(sample_weights=w_sel, sample_normals=q.normals, sample_dirs=d[ray_id])
+    return out
+
+
+def _render_native(field, o, d, n_samples, occupancy, shading, light, ambient, stratified, generator, with_normals,
+                   create_graph) -> dict:
+    """The batched path's samples and quadrature by the fused CPU kernels (``volume_cpu``): the same samples (the
+    same random draw), packed, then shaded and composited in one pass each way."""
+    R, S = o.shape[0], n_samples
+    u = torch.rand((R, S), generator=generator) if stratified else None
+    smp = volume_cpu.sample_rays(o, d, field.bound, S, u, None if occupancy is None else occupancy.binary)
+    q = field.query(smp.x, normals=with_normals, create_graph=create_graph and with_normals)
+    w, rgb, opacity, depth, normal = volume_cpu.CompositeFunction.apply(
+        q.sigma, q.albedo, q.normals, light, smp.offsets, smp.t_starts, smp.t_ends, smp.t_mid, shading, ambient)
+    out = {"rgb": rgb, "opacity": opacity, "depth": depth, "normal": normal}
+    if with_normals:
+        out.update(sample_weights=w, sample_normals=q.normals, sample_dirs=d[smp.ray_id])
     return out
 
 

@@ -1,5 +1,6 @@
-"""Builds and loads the fields' fused CPU kernels (``hashgrid_cpu``, ``mlp_head_cpu``): C++ source strings compiled
-at first use with ``torch.utils.cpp_extension.load_inline`` and called through ctypes.
+"""Builds, loads and binds the fused CPU kernels (``fields.hashgrid_cpu``, ``fields.mlp_head_cpu``,
+``render.composite_cpu``): C++ source strings compiled at first use with ``torch.utils.cpp_extension.load_inline``
+and called through ctypes.
 
 Why this way: the sources are Python strings, so the project's code versions (which hash the imported .py files)
 cover them; they include no torch header (plain arrays behind an ``extern "C"`` interface; tensors are checked and
@@ -18,9 +19,13 @@ If a build fails (no compiler, no ninja, unwritable cache folder), ``NativeLibra
 logged warning line and the callers keep their torch code. ``DISTILL3D_NATIVE=0`` forces the torch code (read at
 every call, for debugging and the tests).
 
+Binding: each source exports a version function and its kernels in float32 and float64 twins (``<name>_f32``,
+``<name>_f64``); ``NativeLibrary`` checks the version, declares every function's ctypes signature from one table and
+hands out ``kernel(name, dtype)``, the twin for a tensor dtype.
+
 Threads: the kernels use OpenMP, the same libgomp as torch (loaded by torch before these libraries, which bind to
-it by its soname), with torch's intra-op thread count: callers call ``torch.get_num_threads()`` on the calling
-thread before each kernel, which sets the OpenMP count there like ``at::parallel_for`` does.
+it by its soname), with torch's intra-op thread count: ``kernel()`` calls ``torch.get_num_threads()`` on the calling
+thread, which sets the OpenMP count there like ``at::parallel_for`` does.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,6 +44,11 @@ log = logging.getLogger(__name__)
 
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]
 LDFLAGS = ["-fopenmp"]
+
+# ctypes argument codes of the signature tables: 'l' int64, 'i' int, 'u' uint32, 'd' double, 'p' pointer (``ptr``)
+_CTYPES = {"l": ctypes.c_int64, "i": ctypes.c_int, "u": ctypes.c_uint32, "d": ctypes.c_double, "p": ctypes.c_void_p}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+Signature = tuple[str, str | None]  # (argument codes, e.g. "lipp"; result code or None for void)
 
 
 def enabled() -> bool:
@@ -78,13 +87,48 @@ def _default_build_root_cheap() -> Path | None:
 
 
 class NativeLibrary:
-    """One C++ source built on first use: ``get()`` -> the ctypes library (``bind`` declared its functions) or None
-    (one warning naming ``what`` and the reason)."""
+    """One C++ source built on first use. ``get()`` -> the ctypes library or None (one warning naming ``what`` and the
+    reason); ``kernel(name, dtype)`` -> the float32 / float64 twin of a kernel, ready to call.
 
-    def __init__(self, prefix: str, source: str, bind: Callable[[ctypes.CDLL], None], what: str):
-        self.prefix, self.source, self.bind, self.what = prefix, source, bind, what
+    ``version``: (function, value) the library must return (a stale build of an older interface is refused);
+    ``kernels``: {name: signature} of the functions exported as ``<name>_f32`` and ``<name>_f64``; ``functions``:
+    {name: signature} of the others."""
+
+    def __init__(self, prefix: str, source: str, what: str, *, version: tuple[str, int],
+                 kernels: dict[str, Signature], functions: dict[str, Signature] | None = None):
+        self.prefix, self.source, self.what = prefix, source, what
+        self.version, self.kernels, self.functions = version, kernels, functions or {}
         self._lib: ctypes.CDLL | None = None
         self._tried = False
+
+    def bind(self, lib: ctypes.CDLL) -> None:
+        """Check the library's version and declare each function's ctypes signature."""
+        fn, want = self.version
+        if getattr(lib, fn)() != want:
+            raise RuntimeError(f"unexpected {self.what} version (want {want})")
+        named = {f"{k}_{s}": sig for k, sig in self.kernels.items() for s in _SUFFIX.values()} | self.functions
+        for name, (args, res) in named.items():
+            f = getattr(lib, name)
+            f.argtypes = [_CTYPES[c] for c in args]
+            f.restype = None if res is None else _CTYPES[res]
+
+    def available(self) -> bool:
+        """True when native code is enabled (``DISTILL3D_NATIVE``) and this library built."""
+        return enabled() and self.get() is not None
+
+    def library(self) -> ctypes.CDLL:
+        """The built library; RuntimeError when it cannot be built (callers check ``available()`` first)."""
+        lib = self.get()
+        if lib is None:
+            raise RuntimeError(f"the native {self.what} are unavailable")
+        return lib
+
+    def kernel(self, name: str, dtype: torch.dtype):
+        """The kernel ``name`` for tensors of ``dtype`` (float32 / float64), with this thread's OpenMP count set to
+        torch's intra-op count."""
+        lib = self.library()
+        torch.get_num_threads()  # sets this thread's OpenMP thread count to torch's (as at::parallel_for does)
+        return getattr(lib, f"{name}_{_SUFFIX[dtype]}")
 
     def name(self) -> str:
         key = "\0".join([self.source, " ".join(CFLAGS), " ".join(LDFLAGS), torch.__version__,
