@@ -7,7 +7,10 @@ first stage that loads a prior imports diffusers' models (~3.5 s: they pull in t
 ``SubprocessASGIServer``, the singleton its client would start and then finds running) while a helper thread
 imports. `distill3d generate` on a cached-prior chain of 3 steps: 19.9 -> 15.8 s. The helper imports only while this
 thread waits: two threads importing at once are slower than one after the other (the GIL: 10-11 s against 8.7 s for
-Prefect's server module and diffusers' UNet).
+Prefect's server module and diffusers' UNet). It imports only when this call starts the server, in a process
+where nothing else runs yet, and is joined before the flow: diffusers' lazy module is not safe to import from two
+threads at once (an earlier attempt that imported while a batch's stages ran failed with "cannot import name
+'DDPMScheduler'"); in a batch the server is up before its flows run, so nothing is imported ahead there.
 
 Anything unexpected (another Prefect version, a server that fails to start) leaves it to Prefect, which starts its
 server as usual (and reports its own error) at the flow's first call.
@@ -56,14 +59,18 @@ def start_server(planned: Plan, from_stage: str | None = None) -> None:
         if settings.api.url or not settings.server.ephemeral.enabled:
             return  # a real server (or none allowed): nothing to start
         from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
     except Exception as exc:  # noqa: BLE001 - another Prefect: it starts its server itself
         log.debug("not starting Prefect's server ahead: %s", exc)
         return
+    if server.running:
+        return  # started already (a batch's flow): other threads may be running stages, importing diffusers
     helper = threading.Thread(target=_import_all, args=(modules_to_import(planned, from_stage),),
                               name="distill3d-imports", daemon=True)
     helper.start()
     try:
-        SubprocessASGIServer().start()
+        server.start()
     except Exception as exc:  # noqa: BLE001 - Prefect starts (or fails to start) it again, with its own error
         log.debug("Prefect's temporary server did not start ahead: %s", exc)
     helper.join()
