@@ -5,7 +5,8 @@ Prefect's temporary server, a subprocess that answers after ~3.5-4 s while this 
 first stage that loads a prior imports diffusers' models (~3.5 s: they pull in torch._dynamo, peft and transformers).
 ``start_server(plan)`` does the two at once, on the two cores: this thread starts the server (Prefect's own
 ``SubprocessASGIServer``, the singleton its client would start and then finds running) while a helper thread
-imports. `distill3d generate` on a cached-prior chain of 3 steps: 19.9 -> 15.8 s. The helper imports only while this
+imports: `distill3d generate` 1-2.5 s sooner (3-step runs, the two ways alternated: 17.0 / 17.8 -> 16.0 / 15.3 s;
+importing Prefect's server module, ~2.5 s, stays before the start). The helper imports only while this
 thread waits: two threads importing at once are slower than one after the other (the GIL: 10-11 s against 8.7 s for
 Prefect's server module and diffusers' UNet). It imports only when this call starts the server, in a process
 where nothing else runs yet, and is joined before the flow: diffusers' lazy module is not safe to import from two
