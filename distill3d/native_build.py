@@ -1,5 +1,5 @@
 """Builds, loads and binds the fused CPU kernels (``fields.hashgrid_cpu``, ``fields.mlp_head_cpu``,
-``render.composite_cpu``): C++ source strings compiled at first use with ``torch.utils.cpp_extension.load_inline``
+``render.volume_cpu``): C++ source strings compiled at first use with ``torch.utils.cpp_extension.load_inline``
 and called through ctypes.
 
 Why this way: the sources are Python strings, so the project's code versions (which hash the imported .py files)

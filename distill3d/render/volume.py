@@ -3,7 +3,7 @@
     w_i = T_i (1 - exp(-sigma_i delta_i)),  T_i = exp(-sum_{j<i} sigma_j delta_j)
     rgb = sum_i w_i c_i + (1 - opacity) * background,  opacity = sum_i w_i,  depth = sum_i w_i t_i / opacity
 
-Two paths behind one function, picked by device:
+Two paths behind one function, picked by device (on CPU the first runs as fused kernels when they build):
 
 * batched (any device, the CPU path): ``n_samples`` stratified samples per ray inside the ray's intersection with
   the [-bound, bound]^3 box. When an ``OccupancyCache`` is given, only samples in occupied cells are sent to the

@@ -38,7 +38,7 @@ from distill3d.native_build import NativeLibrary, ptr
 SHADING_CODES = {"albedo": 0, "lambertian": 1, "textureless": 2}
 
 _SOURCE = r"""
-// distill3d volume compositing with shading, fused CPU kernels (see distill3d/render/composite_cpu.py).
+// distill3d volume compositing with shading, fused CPU kernels (see distill3d/render/volume_cpu.py).
 #include <cmath>
 #include <cstdint>
 #include <omp.h>
