@@ -40,11 +40,14 @@ def _env(home: Path) -> dict:
 
 
 def reference(prior_dir: Path, n: int = 1000) -> float:
-    """Seconds of ``n`` batch-2 forward passes of the prior (the CFG batch of one SDS step)."""
+    """Seconds of ``n`` batch-2 forward passes of the prior (the CFG batch of one SDS step), with the heap set as
+    the distillation loop sets it (``optimize.heap``), so the step and its reference share the allocator."""
     import torch
 
+    from distill3d.optimize.heap import keep_freed_memory
     from distill3d.priors.loading import load_prior
 
+    keep_freed_memory()
     prior = load_prior(prior_dir)
     x = torch.randn(2, 3 if prior.space == "pixel" else 4, prior.resolution, prior.resolution)
     if prior.space == "latent":

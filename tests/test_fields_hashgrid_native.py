@@ -235,6 +235,36 @@ def test_build_failure_falls_back_to_torch_with_one_warning(monkeypatch, tmp_pat
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vectorised_kernels_equal_the_scalar_ones_to_the_bit(dtype: torch.dtype) -> None:
+    """Two features on a contiguous table take the vectorised kernels; the same table strided, and the backward's
+    mode 1 on one thread (one private table: the scalar level loop in point order), take the scalar ones."""
+    enc = HashGridEncoding(FieldConfig().encoding).to(dtype)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        enc.table.copy_(torch.randn(enc.table.shape, generator=g, dtype=dtype) * 0.1)
+    x01 = torch.rand(5000, 3, generator=g, dtype=dtype)
+    meta, table = enc._grid_meta(), enc.table.detach()
+    strided = table.t().contiguous().t()
+    assert table.stride(1) == 1 and strided.stride(1) != 1
+    for with_grad in (True, False):
+        for a, b in zip(hashgrid_cpu.forward(x01, table, meta, with_grad),
+                        hashgrid_cpu.forward(x01, strided, meta, with_grad)):
+            assert (a is None and b is None) or torch.equal(a, b)
+    d = enc.output_dim
+    go, gd = torch.randn(5000, d, generator=g, dtype=dtype), torch.randn(5000, 3, d, generator=g, dtype=dtype)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for grads in ((go, gd), (go, None), (None, gd)):
+            vec = hashgrid_cpu.backward(x01, tuple(table.shape), dtype, meta, *grads, mode=0)
+            scalar = hashgrid_cpu.backward(x01, tuple(table.shape), dtype, meta, *grads, mode=1)
+            assert torch.equal(vec, scalar) and vec.abs().sum() > 0
+    finally:
+        torch.set_num_threads(old)
+
+
+@needs_native
 def test_kernels_stay_inside_the_table_for_any_input() -> None:
     """The kernels index without bounds checks: points outside [0, 1], infinite or NaN still address cells of
     their level (NaN gives NaN features), and a table too small for the levels is refused before any call."""

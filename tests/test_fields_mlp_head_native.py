@@ -79,7 +79,8 @@ def test_weight_gradients_are_deterministic() -> None:
 
 
 @needs_native
-def test_fields_take_the_fused_head_only_where_it_applies(monkeypatch) -> None:
+def test_the_head_takes_the_fused_kernel_only_where_it_applies(monkeypatch) -> None:
+    """A field's MLP on its encoding (the SDF's eikonal term and the jacobian helpers use the head alone)."""
     calls = []
     real = mlp_head_cpu.MLPHeadFunction.apply
     monkeypatch.setattr(mlp_head_cpu.MLPHeadFunction, "apply", lambda *a: calls.append(1) or real(*a))
@@ -87,14 +88,14 @@ def test_fields_take_the_fused_head_only_where_it_applies(monkeypatch) -> None:
     torch.manual_seed(0)
     field = RadianceField(FieldConfig(blob_density=5.0))
     x = torch.rand(300, 3) * 2 - 1
-    out = field.query(x, normals=True)
-    field.query(x)
+    h, c = mlp_with_input_grad(field.mlp, *field.encoding.forward_with_jacobian(x))
+    mlp_forward(field.mlp, field.encoding(x))
     assert len(calls) == 2
     monkeypatch.setenv("DISTILL3D_NATIVE", "0")
-    ref = field.query(x, normals=True)
+    h_ref, c_ref = mlp_with_input_grad(field.mlp, *field.encoding.forward_with_jacobian(x))
     assert len(calls) == 2
-    torch.testing.assert_close(out.sigma, ref.sigma, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out.normals, ref.normals, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c, c_ref, rtol=1e-4, atol=1e-4)
     monkeypatch.delenv("DISTILL3D_NATIVE")
     # two hidden layers, a bias-free layer, a too-wide layer: the torch code, same values
     f = torch.randn(50, 8)
@@ -111,7 +112,7 @@ def test_fields_take_the_fused_head_only_where_it_applies(monkeypatch) -> None:
     mlp = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     h1, g1 = mlp_with_input_grad(mlp, f, jac)
     assert len(calls) == 3
-    monkeypatch.setattr(jacobian, "_fused_head_applies", lambda *a: False)
+    monkeypatch.setattr(jacobian, "fused_head_applies", lambda *a: False)
     h2, g2 = mlp_with_input_grad(mlp, f, jac)
     torch.testing.assert_close(h1, h2)
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-5)

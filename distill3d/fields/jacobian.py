@@ -43,7 +43,7 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
     """``mlp(features)`` (N, O) and d output[:, 0] / d x (N, 3), given the features (N, D) and their derivatives
     d features / d x (a ``SpatialJacobian`` or a dense (N, 3, D) tensor). ``mlp`` is a sequence of ``nn.Linear``
     and ``nn.ReLU`` ending in a Linear; a Linear-ReLU-Linear one on CPU runs as the native fused head
-    (``mlp_head_cpu.MLPHeadFunction``, when ``_fused_head_applies``), any other as the torch code below.
+    (``mlp_head_cpu.MLPHeadFunction``, when ``fused_head_applies``), any other as the torch code below.
 
     Output 0 is one number per point, so its input gradient is one reverse pass (v <- v W through a Linear,
     v <- v * 1[z > 0] through a ReLU, from v = the last layer's row 0): d out0 / d features (N, D), then contracted
@@ -54,7 +54,7 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
     if not layers or not isinstance(layers[-1], nn.Linear):
         raise TypeError("mlp_with_input_grad needs a Linear/ReLU stack ending in a Linear")
     jac = jac if isinstance(jac, SpatialJacobian) else SpatialJacobian(jac)
-    if _fused_head_applies(layers, features, jac.raw):
+    if fused_head_applies(layers, features, jac.raw):
         h, c = mlp_head_cpu.MLPHeadFunction.apply(features, jac.raw, layers[0].weight, layers[0].bias,
                                                   layers[2].weight, layers[2].bias)
         return h, c if jac.scale is None else c * jac.scale[:, None]
@@ -73,7 +73,7 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
     return h, jac.contract(v)  # (N, 3, D) . (N, D) -> (N, 3)
 
 
-def _fused_head_applies(layers: list[nn.Module], features: torch.Tensor, jac_raw: torch.Tensor | None) -> bool:
+def fused_head_applies(layers: list[nn.Module], features: torch.Tensor, jac_raw: torch.Tensor | None) -> bool:
     """The native fused head (``mlp_head_cpu.MLPHeadFunction``) computes this MLP: Linear-ReLU-Linear with biases,
     CPU float32/float64 tensors of one dtype, sizes within its limits, kernels built and enabled."""
     if len(layers) != 3 or not (isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
@@ -93,7 +93,7 @@ def mlp_forward(mlp: nn.Sequential, features: torch.Tensor, x: torch.Tensor | No
     points ``x`` the features come from record no gradient: the head is once differentiable, and a gradient w.r.t.
     x (autograd normals, ``create_graph``) needs a double backward through the MLP, which torch's layers give."""
     layers = list(mlp)
-    if not (x is not None and x.requires_grad and torch.is_grad_enabled()) and _fused_head_applies(layers, features,
+    if not (x is not None and x.requires_grad and torch.is_grad_enabled()) and fused_head_applies(layers, features,
                                                                                                    None):
         return mlp_head_cpu.MLPHeadFunction.apply(features, None, layers[0].weight, layers[0].bias,
                                                   layers[2].weight, layers[2].bias)

@@ -20,26 +20,7 @@ from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
 from distill3d.fields.files import read_field, write_field
-from distill3d.fields.jacobian import mlp_forward, mlp_with_input_grad
-
-
-class _TruncExp(torch.autograd.Function):
-    """exp with its gradient clamped at exp(15) (Instant-NGP / torch-ngp): stable density activation.
-    Backward is written with differentiable ops so double backward (autograd normals) works."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return torch.exp(x)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return g * torch.exp(x.clamp(max=15.0))
-
-
-def trunc_exp(x: torch.Tensor) -> torch.Tensor:
-    return _TruncExp.apply(x)
+from distill3d.fields.head import FieldTail, field_head
 
 
 def inside_box(x: torch.Tensor, bound: float) -> torch.Tensor:
@@ -127,11 +108,6 @@ class RadianceField(nn.Module):
         """(N, 3) -> (N,) pre-activation bias: blob plus ``density_shift``."""
         return self._blob(x) + self.cfg.density_shift
 
-    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3) -> pre-activation density (N,) and albedo logits (N, 3)."""
-        h = mlp_forward(self.mlp, self.encoding(x), x)
-        return h[:, 0] + self.density_bias(x), h[:, 1:]
-
     def density_bias_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3) -> ``density_bias`` (N,) and its spatial gradient (N, 3), the blob computed once."""
         c = self.cfg
@@ -144,36 +120,32 @@ class RadianceField(nn.Module):
             grad = torch.zeros_like(x)
         return blob + c.density_shift, grad
 
-    def _raw_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, 3) -> pre-activation density (N,), albedo logits (N, 3) and the density's spatial gradient (N, 3)
-        (analytic, first-order differentiable: no double backward)."""
-        feats, jac = self.encoding.forward_with_jacobian(x)
-        h, grad = mlp_with_input_grad(self.mlp, feats, jac)
-        bias, bias_grad = self.density_bias_and_grad(x)
-        return h[:, 0] + bias, h[:, 1:], grad + bias_grad
-
-    def _activate(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        sigma = nn.functional.softplus(raw) if self.cfg.density_activation == "softplus" else trunc_exp(raw)
+    def _support(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) 1 where the field may have density (inside the box and, with ``support_radius``, the ball), else 0."""
         inside = inside_box(x, self.bound)
         if self.cfg.support_radius is not None:
             inside = inside & ((x * x).sum(-1) <= self.cfg.support_radius**2)
-        return torch.where(inside, sigma, torch.zeros_like(sigma))
+        return inside.to(x.dtype)
 
     def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
-        """Density, albedo and optionally normals at x (N, 3).
+        """Density, albedo and optionally normals at x (N, 3) (``head.field_head`` with this field's tail:
+        sigma = act(h_0 + blob + shift) inside the support, albedo = sigmoid(h_1:)).
 
         Normals n = -grad sigma / |grad sigma|, the gradient computed analytically with the features
-        (``_raw_and_grad``: the same value autograd gives, without its double backward). The gradient is taken of
-        the pre-activation density, which has the same direction (the activation is monotonic) and no exp
-        overflow. ``create_graph=True`` keeps the normals differentiable so losses on them (orientation loss,
-        Lambertian shading) train the field; otherwise they are detached.
+        (``forward_with_jacobian`` and the head's input gradient: the same value autograd gives, without its double
+        backward). The gradient is taken of the pre-activation density, which has the same direction (the
+        activation is monotonic) and no exp overflow. ``create_graph=True`` keeps the normals differentiable so
+        losses on them (orientation loss, Lambertian shading) train the field; otherwise they are detached.
         """
-        if not normals:
-            raw, alb = self._raw(x)
-            return FieldOutput(self._activate(raw, x), torch.sigmoid(alb), None)
-        raw, alb, g = self._raw_and_grad(x)
-        n = -g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return FieldOutput(self._activate(raw, x), torch.sigmoid(alb), n if create_graph else n.detach())
+        if normals:
+            feats, jac = self.encoding.forward_with_jacobian(x)
+            bias, bias_grad = self.density_bias_and_grad(x)
+        else:
+            feats, jac, bias, bias_grad = self.encoding(x), None, self.density_bias(x), None
+        out = field_head(self.mlp, feats, jac, FieldTail(self.cfg.density_activation, -1.0, bias, bias_grad,
+                                                         self._support(x)))
+        n = out.normals if out.normals is None or create_graph else out.normals.detach()
+        return FieldOutput(out.density, out.albedo, n)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) -> (sigma (N,), albedo (N, 3))."""
@@ -182,11 +154,11 @@ class RadianceField(nn.Module):
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> sigma (N,)."""
-        return self._activate(self._raw(x)[0], x)
+        return self.query(x).sigma
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> albedo (N, 3) in [0, 1]."""
-        return torch.sigmoid(self._raw(x)[1])
+        return self.query(x).albedo
 
     def normals(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """x (N, 3) -> unit outward normals (N, 3) = -grad sigma / |grad sigma|."""

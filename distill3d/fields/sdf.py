@@ -30,6 +30,7 @@ from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
 from distill3d.fields.files import read_field, write_field
+from distill3d.fields.head import FieldTail, field_head
 from distill3d.fields.jacobian import mlp_forward, mlp_with_input_grad
 from distill3d.fields.nerf import FieldOutput, inside_box
 
@@ -145,13 +146,16 @@ class SDFField(nn.Module):
 
     def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals n = grad s / |grad s| at x (N, 3); same contract as
-        ``RadianceField.query`` (``create_graph=True`` lets losses on normals train the SDF)."""
-        if not normals:
-            s, alb = self._raw(x)
-            return FieldOutput(self._density(s, x), torch.sigmoid(alb), None)
-        s, alb, g = self._raw_and_grad(x)
-        n = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return FieldOutput(self._density(s, x), torch.sigmoid(alb), n if create_graph else n.detach())
+        ``RadianceField.query`` (``create_graph=True`` lets losses on normals train the SDF). The head gives s
+        (``head.field_head`` with no activation, the initial shape's distance as bias), VolSDF's density reads it."""
+        if normals:
+            feats, jac = self.encoding.forward_with_jacobian(x)
+            grad = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) if self.cfg.init == "sphere" else None
+        else:
+            feats, jac, grad = self.encoding(x), None, None
+        out = field_head(self.mlp, feats, jac, FieldTail("none", 1.0, self.sdf_init(x), grad))
+        n = out.normals if out.normals is None or create_graph else out.normals.detach()
+        return FieldOutput(self._density(out.density, x), out.albedo, n)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) -> (sigma (N,), albedo (N, 3))."""

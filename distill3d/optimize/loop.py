@@ -22,6 +22,7 @@ from distill3d.cameras import Cameras, sample_cameras, sample_multiview_cameras
 from distill3d.guidance.prompts import ViewPrompts
 from distill3d.guidance.sds import Guidance, SDSConfig, SDSGuidance
 from distill3d.optimize.config import DistillConfig
+from distill3d.optimize.heap import keep_freed_memory
 from distill3d.optimize.losses import weighted_total
 from distill3d.optimize.scene import Scene
 from distill3d.priors.base import Prior
@@ -139,6 +140,7 @@ def distill(
     began), ``steps_run`` (steps this call ran), ``steps`` (steps done in total).
     """
     device = torch.device(device)
+    keep_freed_memory()  # the step's tensors reuse freed heap memory instead of fresh pages (optimize/heap.py)
     scenes = list(scenes)
     for scene in scenes:
         scene.to(device).train()
