@@ -127,9 +127,8 @@ inline __attribute__((always_inline)) void head_input_grad(int d, int h, const T
 
 template <typename T, int DC, int HC, int OC, bool TAIL>
 void head_forward_impl(int64_t n, int d_, int h_, int o_, const T* f, const T* jac, const T* w1, const T* w1t,
-                       const T* b1, const T* w2, const T* w2t, const T* b2, T* out, T* outc, const Tail<T>* tail) {
+                       const T* b1, const T* w2, const T* b2, T* out, T* outc, const Tail<T>* tail) {
   const int d = DC > 0 ? DC : d_, h = HC > 0 ? HC : h_, o = OC > 0 ? OC : o_;
-  (void)w2t;
 #pragma omp parallel
   {
     alignas(64) T z[kMaxHead];
@@ -331,15 +330,15 @@ void head_backward_impl(int64_t n, int d_, int h_, int o_, const T* f, const T* 
 // measured no faster than torch at 12 features); any other size or float64 (the tests) the generic kernel.
 template <typename T, bool TAIL>
 void head_forward_dispatch(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1, const T* w1t,
-                           const T* b1, const T* w2, const T* w2t, const T* b2, T* out, T* outc,
+                           const T* b1, const T* w2, const T* b2, T* out, T* outc,
                            const Tail<T>* tail) {
   if constexpr (std::is_same_v<T, float>) {
     if (d == 16 && h == 32 && o == 4)
-      return head_forward_impl<T, 16, 32, 4, TAIL>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc, tail);
+      return head_forward_impl<T, 16, 32, 4, TAIL>(n, d, h, o, f, jac, w1, w1t, b1, w2, b2, out, outc, tail);
     if (d == 12 && h == 32 && o == 4)
-      return head_forward_impl<T, 12, 32, 4, TAIL>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc, tail);
+      return head_forward_impl<T, 12, 32, 4, TAIL>(n, d, h, o, f, jac, w1, w1t, b1, w2, b2, out, outc, tail);
   }
-  head_forward_impl<T, 0, 0, 0, TAIL>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc, tail);
+  head_forward_impl<T, 0, 0, 0, TAIL>(n, d, h, o, f, jac, w1, w1t, b1, w2, b2, out, outc, tail);
 }
 
 template <typename T, bool TAIL>
@@ -362,16 +361,16 @@ void head_backward_dispatch(int64_t n, int d, int h, int o, const T* f, const T*
 
 extern "C" {
 
-int d3mh_version() { return 2; }
+int d3mh_version() { return 3; }
 
 // d3mh_forward / d3mh_backward: the head alone (h and c); d3mh_field_forward / d3mh_field_backward: the head with
 // the fields' tail (density, albedo, normals). 0 on success, -1 on an exception (the backward's accumulators are
 // the only allocation).
 #define D3MH_DEFINE(SUFFIX, T)                                                                                 \
   void d3mh_forward_##SUFFIX(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1,            \
-                             const T* w1t, const T* b1, const T* w2, const T* w2t, const T* b2, T* out,       \
+                             const T* w1t, const T* b1, const T* w2, const T* b2, T* out,                     \
                              T* outc) {                                                                      \
-    head_forward_dispatch<T, false>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, out, outc, nullptr);        \
+    head_forward_dispatch<T, false>(n, d, h, o, f, jac, w1, w1t, b1, w2, b2, out, outc, nullptr);             \
   }                                                                                                          \
   int d3mh_backward_##SUFFIX(int64_t n, int d, int h, int o, const T* f, const T* jac, const T* w1,            \
                              const T* w1t, const T* b1, const T* w2, const T* b2, const T* gout, const T* gc, \
@@ -386,11 +385,11 @@ int d3mh_version() { return 2; }
   }                                                                                                          \
   void d3mh_field_forward_##SUFFIX(int64_t n, int d, int h, int o, int act, double sign, const T* f,           \
                                    const T* jac, const T* w1, const T* w1t, const T* b1, const T* w2,         \
-                                   const T* w2t, const T* b2, const T* scale, const T* bias,                 \
+                                   const T* b2, const T* scale, const T* bias,                               \
                                    const T* bias_grad, const T* mask, T* density, T* albedo, T* normals) {   \
     const Tail<T> t{act, T(sign), scale, bias, bias_grad, mask, density, albedo, normals,                    \
                     nullptr, nullptr, nullptr};                                                              \
-    head_forward_dispatch<T, true>(n, d, h, o, f, jac, w1, w1t, b1, w2, w2t, b2, nullptr, nullptr, &t);       \
+    head_forward_dispatch<T, true>(n, d, h, o, f, jac, w1, w1t, b1, w2, b2, nullptr, nullptr, &t);            \
   }                                                                                                          \
   int d3mh_field_backward_##SUFFIX(int64_t n, int d, int h, int o, int act, double sign, const T* f,           \
                                    const T* jac, const T* w1, const T* w1t, const T* b1, const T* w2,         \
@@ -415,9 +414,9 @@ D3MH_DEFINE(f64, double)
 """
 
 
-NATIVE = NativeLibrary("distill3d_mlp_head", _SOURCE, "MLP-head kernels", version=("d3mh_version", 2),
-                       kernels={"d3mh_forward": ("liii" + "p" * 10, None), "d3mh_backward": ("liii" + "p" * 15, "i"),
-                                "d3mh_field_forward": ("liiiid" + "p" * 15, None),
+NATIVE = NativeLibrary("distill3d_mlp_head", _SOURCE, "MLP-head kernels", version=("d3mh_version", 3),
+                       kernels={"d3mh_forward": ("liii" + "p" * 9, None), "d3mh_backward": ("liii" + "p" * 15, "i"),
+                                "d3mh_field_forward": ("liiiid" + "p" * 14, None),
                                 "d3mh_field_backward": ("liiiid" + "p" * 21, "i")})
 
 
@@ -433,6 +432,23 @@ MAX_HEAD_OUTPUTS = 16  # kMaxOut
 def head_fits(d: int, h: int, o: int) -> bool:
     """The fused MLP head's size limits (its per-point arrays live on the stack)."""
     return 0 < d <= MAX_HEAD_WIDTH and 0 < h <= MAX_HEAD_WIDTH and 0 < o <= MAX_HEAD_OUTPUTS
+
+
+def _prepared(feats: torch.Tensor, jac: torch.Tensor | None, w1, b1, w2, b2, what: str) -> tuple:
+    """A head forward's inputs for the kernels: feats and jac contiguous, the weights detached in feats' dtype,
+    W1^T; shapes checked (ValueError naming ``what``). Returns (feats, jac, w1, w1t, b1, w2, b2)."""
+    dt = feats.dtype
+    feats = feats.contiguous()
+    jac = None if jac is None else jac.to(dt).contiguous()
+    w1, b1, w2, b2 = (t.detach().to(dt).contiguous() for t in (w1, b1, w2, b2))
+    n, d = feats.shape
+    h, o = w1.shape[0], w2.shape[0]
+    if w1.shape != (h, d) or b1.shape != (h,) or w2.shape != (o, h) or b2.shape != (o,) or not head_fits(d, h, o):
+        raise ValueError(f"{what}: unsupported shapes feats {tuple(feats.shape)}, W1 {tuple(w1.shape)}, "
+                         f"W2 {tuple(w2.shape)}")
+    if jac is not None and jac.shape != (n, 3, d):
+        raise ValueError(f"{what}: jac {tuple(jac.shape)} does not match feats {tuple(feats.shape)}")
+    return feats, jac, w1, w1.T.contiguous(), b1, w2, b2
 
 
 def _grad_buffers(n: int, d: int, h: int, o: int, dt: torch.dtype, need: tuple[bool, ...], with_jac: bool
@@ -465,22 +481,12 @@ class MLPHeadFunction(torch.autograd.Function):
     def forward(ctx, feats, jac, w1, b1, w2, b2):
         dt = feats.dtype
         fn = NATIVE.kernel("d3mh_forward", dt)
-        feats = feats.contiguous()
-        jac = None if jac is None else jac.to(dt).contiguous()
-        w1, b1, w2, b2 = (t.detach().to(dt).contiguous() for t in (w1, b1, w2, b2))
-        n, d = feats.shape
-        h, o = w1.shape[0], w2.shape[0]
-        if w1.shape != (h, d) or b1.shape != (h,) or w2.shape != (o, h) or b2.shape != (o,) or not head_fits(d, h, o):
-            raise ValueError(f"MLP head: unsupported shapes feats {tuple(feats.shape)}, W1 {tuple(w1.shape)}, "
-                             f"W2 {tuple(w2.shape)}")
-        if jac is not None and jac.shape != (n, 3, d):
-            raise ValueError(f"MLP head: jac {tuple(jac.shape)} does not match feats {tuple(feats.shape)}")
-        w1t, w2t = w1.T.contiguous(), w2.T.contiguous()
+        feats, jac, w1, w1t, b1, w2, b2 = _prepared(feats, jac, w1, b1, w2, b2, "MLP head")
+        (n, d), h, o = feats.shape, w1.shape[0], w2.shape[0]
         out = torch.empty(n, o, dtype=dt)
         outc = torch.empty(n, 3, dtype=dt) if jac is not None else None
         if n:
-            fn(n, d, h, o, ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2), ptr(w2t), ptr(b2),
-               ptr(out), ptr(outc))
+            fn(n, d, h, o, ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2), ptr(b2), ptr(out), ptr(outc))
         ctx.save_for_backward(feats, jac, w1, w1t, b1, w2, b2)
         ctx.set_materialize_grads(False)
         return out if jac is None else (out, outc)
@@ -507,10 +513,6 @@ class MLPHeadFunction(torch.autograd.Function):
 ACTIVATIONS = {"none": 0, "softplus": 1, "trunc_exp": 2}  # the kernel's codes of head.FieldTail's activations
 
 
-def _weights(dt: torch.dtype, *ts: torch.Tensor) -> list[torch.Tensor]:
-    return [t.detach().to(dt).contiguous() for t in ts]
-
-
 class FieldHeadFunction(torch.autograd.Function):
     """``apply(feats, jac, w1, b1, w2, b2, scale, bias, bias_grad, mask, activation, sign)``: the fused head with the
     fields' per-sample tail (``head.FieldTail``, whose torch code is the reference): density (N,) =
@@ -524,28 +526,18 @@ class FieldHeadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feats, jac, w1, b1, w2, b2, scale, bias, bias_grad, mask, activation: str, sign: float):
         dt = feats.dtype
-        feats = feats.contiguous()
-        jac = None if jac is None else jac.to(dt).contiguous()
-        w1, b1, w2, b2 = _weights(dt, w1, b1, w2, b2)
+        feats, jac, w1, w1t, b1, w2, b2 = _prepared(feats, jac, w1, b1, w2, b2, "field head")
+        (n, d), h, o = feats.shape, w1.shape[0], w2.shape[0]
         consts = [None if t is None else t.detach().to(dt).contiguous() for t in (scale, bias, bias_grad, mask)]
-        n, d = feats.shape
-        h, o = w1.shape[0], w2.shape[0]
-        if (w1.shape != (h, d) or b1.shape != (h,) or w2.shape != (o, h) or b2.shape != (o,) or o < 2
-                or not head_fits(d, h, o)):
-            raise ValueError(f"field head: unsupported shapes feats {tuple(feats.shape)}, W1 {tuple(w1.shape)}, "
-                             f"W2 {tuple(w2.shape)}")
-        shapes = [(n,), (n,), (n, 3), (n,)]
-        if (jac is not None and jac.shape != (n, 3, d)) or any(
-                t is not None and t.shape != sh for t, sh in zip(consts, shapes)):
-            raise ValueError("field head: jac / scale / bias / bias_grad / mask do not match feats")
-        w1t, w2t = w1.T.contiguous(), w2.T.contiguous()
+        if o < 2 or any(t is not None and t.shape != sh for t, sh in zip(consts, [(n,), (n,), (n, 3), (n,)])):
+            raise ValueError("field head: needs 2+ outputs; scale / bias / bias_grad / mask must match feats")
         density, albedo = torch.empty(n, dtype=dt), torch.empty(n, o - 1, dtype=dt)
         normals = torch.empty(n, 3, dtype=dt) if jac is not None else None
         code = ACTIVATIONS[activation]
         if n:
             NATIVE.kernel("d3mh_field_forward", dt)(
-                n, d, h, o, code, float(sign), ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2), ptr(w2t),
-                ptr(b2), *map(ptr, consts), ptr(density), ptr(albedo), ptr(normals))
+                n, d, h, o, code, float(sign), ptr(feats), ptr(jac), ptr(w1), ptr(w1t), ptr(b1), ptr(w2), ptr(b2),
+                *map(ptr, consts), ptr(density), ptr(albedo), ptr(normals))
         ctx.save_for_backward(feats, jac, w1, w1t, b1, w2, b2, albedo, *consts)
         ctx.code, ctx.sign = code, float(sign)
         ctx.set_materialize_grads(False)

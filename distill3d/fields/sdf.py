@@ -116,6 +116,10 @@ class SDFField(nn.Module):
             return x.norm(dim=-1) - self.cfg.init_radius
         return torch.zeros_like(x[:, 0])
 
+    def sdf_init_grad(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(N, 3) -> (N, 3) the initial shape's spatial gradient (x / |x| for the sphere), None where it is 0."""
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) if self.cfg.init == "sphere" else None
+
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3) -> signed distance (N,) and albedo logits (N, 3)."""
         h = mlp_forward(self.mlp, self.encoding(x), x)
@@ -134,9 +138,8 @@ class SDFField(nn.Module):
         differentiable (no double backward)."""
         feats, jac = self.encoding.forward_with_jacobian(x)
         h, grad = mlp_with_input_grad(self.mlp, feats, jac)
-        if self.cfg.init == "sphere":
-            grad = grad + x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return h[:, 0] + self.sdf_init(x), h[:, 1:], grad
+        init_grad = self.sdf_init_grad(x)
+        return h[:, 0] + self.sdf_init(x), h[:, 1:], grad if init_grad is None else grad + init_grad
 
     def sdf_and_gradient(self, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3) -> s (N,), grad_x s (N, 3) (differentiable with ``create_graph``, e.g. for the eikonal term;
@@ -150,7 +153,7 @@ class SDFField(nn.Module):
         (``head.field_head`` with no activation, the initial shape's distance as bias), VolSDF's density reads it."""
         if normals:
             feats, jac = self.encoding.forward_with_jacobian(x)
-            grad = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) if self.cfg.init == "sphere" else None
+            grad = self.sdf_init_grad(x)
         else:
             feats, jac, grad = self.encoding(x), None, None
         out = field_head(self.mlp, feats, jac, FieldTail("none", 1.0, self.sdf_init(x), grad))
