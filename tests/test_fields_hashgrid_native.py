@@ -265,6 +265,34 @@ def test_vectorised_kernels_equal_the_scalar_ones_to_the_bit(dtype: torch.dtype)
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_factorised_derivative_gradient_equals_the_dense_product_to_the_bit(dtype: torch.dtype) -> None:
+    """grad_dout_factors (gc, gv) stands for grad_dout = gc (x) gv (the rank-1 gradient a head's normals give): the
+    same table gradient to the bit as the dense (N, 3, D) product, in the vectorised kernel (mode 0) and the scalar
+    one (mode 1 on one thread), with and without the features' gradient; the wrong shapes are refused."""
+    enc = HashGridEncoding(FieldConfig().encoding).to(dtype)
+    g = torch.Generator().manual_seed(4)
+    x01 = torch.rand(3000, 3, generator=g, dtype=dtype)
+    meta, shape, d = enc._grid_meta(), tuple(enc.table.shape), enc.output_dim
+    go = torch.randn(3000, d, generator=g, dtype=dtype)
+    gc, gv = torch.randn(3000, 3, generator=g, dtype=dtype), torch.randn(3000, d, generator=g, dtype=dtype)
+    dense = gc[:, :, None] * gv[:, None, :]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for mode in (0, 1):
+            for feats_grad in (go, None):
+                want = hashgrid_cpu.backward(x01, shape, dtype, meta, feats_grad, dense, mode=mode)
+                got = hashgrid_cpu.backward(x01, shape, dtype, meta, feats_grad, None, mode=mode,
+                                            grad_dout_factors=(gc, gv))
+                assert torch.equal(got, want) and got.abs().sum() > 0
+    finally:
+        torch.set_num_threads(old)
+    with pytest.raises(ValueError, match="gc"):
+        hashgrid_cpu.backward(x01, shape, dtype, meta, go, None, grad_dout_factors=(gc[:, :2], gv))
+
+
+@needs_native
 def test_kernels_stay_inside_the_table_for_any_input() -> None:
     """The kernels index without bounds checks: points outside [0, 1], infinite or NaN still address cells of
     their level (NaN gives NaN features), and a table too small for the levels is refused before any call."""

@@ -132,11 +132,37 @@ def test_render_field_takes_the_kernels_and_matches_the_torch_path(shading: str,
     calls.clear()
     ref_out, ref_grads = run()
     assert not calls
+    # the orientation loss's directions: per ray and offsets here (OrientationFunction), per sample there
+    offsets = out.pop("sample_offsets")
+    ray_id = torch.repeat_interleave(torch.arange(offsets.shape[0] - 1), offsets.diff())
+    torch.testing.assert_close(out.pop("ray_dirs")[ray_id], ref_out.pop("sample_dirs"))
     assert out.keys() == ref_out.keys()
     for k in out:
         torch.testing.assert_close(out[k], ref_out[k], rtol=1e-4, atol=1e-5, msg=k)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_orientation_per_ray_equals_the_gathered_torch_code_and_gradchecks() -> None:
+    """OrientationFunction (rays' directions through the offsets) against the torch code on each sample's gathered
+    direction: the same loss and normals' gradient (float64 gradcheck; empty rays included), weights constant."""
+    _, _, normals, _, offsets, _, _, _ = _packed([3, 0, 5, 1, 4], seed=2)
+    g = torch.Generator().manual_seed(3)
+    r = offsets.shape[0] - 1
+    weights = torch.rand(normals.shape[0], generator=g, dtype=torch.float64)
+    dirs = torch.nn.functional.normalize(torch.randn(r, 3, generator=g, dtype=torch.float64), dim=-1)
+    ray_id = torch.repeat_interleave(torch.arange(r), offsets.diff())
+    packed = {"sample_weights": weights, "sample_normals": normals, "sample_offsets": offsets, "ray_dirs": dirs,
+              "n_rays": r}
+    gathered = {"sample_weights": weights, "sample_normals": normals, "sample_dirs": dirs[ray_id], "n_rays": r}
+    ours, ref = orientation_loss(packed), orientation_loss(gathered)
+    assert ref > 0
+    torch.testing.assert_close(ours, ref)
+    (g1,) = torch.autograd.grad(ours, normals)
+    (g2,) = torch.autograd.grad(ref, normals)
+    torch.testing.assert_close(g1, g2)
+    assert torch.autograd.gradcheck(lambda n: volume_cpu.OrientationFunction.apply(n, weights, dirs, offsets),
+                                    (normals,))
 
 
 def test_build_failure_falls_back_to_nerfacc_with_one_warning(monkeypatch, tmp_path, caplog) -> None:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from distill3d.fields import hashgrid_cpu
+from distill3d.fields import hashgrid_cpu, points_cpu
 from distill3d.fields.jacobian import SpatialJacobian
 
 _PRIMES = (1, 2654435761, 805459861)
@@ -177,8 +177,8 @@ class HashGridEncoding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3) -> (N, n_levels * features_per_level), level-major (level 0's F features first)."""
         if self._use_native(x):
-            x01, _, _ = self._normalise(x.detach())
-            return hashgrid_cpu.HashGridFunction.apply(self.table, x01.contiguous(), self._grid_meta(), False)
+            x01, _ = self._unit_cube(x, with_factor=False)
+            return hashgrid_cpu.HashGridFunction.apply(self.table, x01, self._grid_meta(), False)
         value, _, _ = self._all_levels(x, with_grad=False)
         return value.permute(2, 1, 0).reshape(x.shape[0], self.output_dim)
 
@@ -192,13 +192,32 @@ class HashGridEncoding(nn.Module):
         feats, jac = self.forward_with_jacobian(x)
         return feats, jac.dense()
 
+    def native_jacobian_inputs(self, x: torch.Tensor
+                               ) -> tuple[torch.Tensor, hashgrid_cpu.GridMeta, torch.Tensor] | None:
+        """Where the native kernels apply to x (N, 3): what they read for the features and derivatives, x01 (N, 3)
+        contiguous in [0, 1], the grid's ``GridMeta``, and the derivatives' per-point world factor (N,) (0 outside
+        the box); else None."""
+        if not self._use_native(x):
+            return None
+        x01, factor = self._unit_cube(x, with_factor=True)
+        return x01, self._grid_meta(), factor
+
+    def _unit_cube(self, x: torch.Tensor, with_factor: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``_normalise`` for the native kernels: x01 (N, 3) contiguous and, with ``with_factor``, the derivatives'
+        world factor (N,) (1 / 2b inside the box, else 0); one native pass (``points_cpu``) where it applies."""
+        if points_cpu.applies(x):
+            return points_cpu.unit_cube(x, self.cfg.bound, with_factor)
+        x01, inside, scale = self._normalise(x.detach())
+        return x01.contiguous(), inside.to(x01.dtype) * scale if with_factor else None
+
     def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, SpatialJacobian]:
         """``forward_with_grad`` with the derivatives as a ``SpatialJacobian`` (the unit-cube derivatives and the
         per-point world-unit factor apart: the fields contract them before scaling)."""
-        if self._use_native(x):
-            x01, inside, scale = self._normalise(x.detach())
-            feats, d01 = hashgrid_cpu.HashGridFunction.apply(self.table, x01.contiguous(), self._grid_meta(), True)
-            return feats, SpatialJacobian(d01, inside.to(d01.dtype) * scale)
+        native = self.native_jacobian_inputs(x)
+        if native is not None:
+            x01, meta, scale = native
+            feats, d01 = hashgrid_cpu.HashGridFunction.apply(self.table, x01, meta, True)
+            return feats, SpatialJacobian(d01, scale)
         value, grad, inside = self._all_levels(x, with_grad=True)
         n = x.shape[0]
         feats = value.permute(2, 1, 0).reshape(n, self.output_dim)

@@ -158,10 +158,31 @@ void forward_impl(const Grid& g, const T* x, const T* table, const T* res, T* ou
   }
 }
 
+// d loss / d the derivatives (n, 3, D): dense (gd), or the rank-1 product a head's normals give, gc (n, 3) (x)
+// gv (n, D) (mlp_head_cpu's factorised backward: d c / d jac = v per point), read without forming the (n, 3, D)
+// tensor.
+template <typename T>
+struct DerivGrad {
+  const T* gd;
+  const T* gc;
+  const T* gv;
+  explicit operator bool() const { return gd || gc; }
+  // the 3 spatial components of point n's entry k
+  void at(int64_t n, int64_t D, int64_t k, T d[3]) const {
+    if (gd) {
+      const T* p = gd + n * 3 * D + k;
+      d[0] = p[0], d[1] = p[D], d[2] = p[2 * D];
+    } else {
+      const T v = gv[n * D + k];
+      for (int c = 0; c < 3; ++c) d[c] = gc[3 * n + c] * v;
+    }
+  }
+};
+
 // Adds the gradient of points [n0, n1) at level lvl into gt (strided like the table).
 template <typename T>
 inline void backward_level(const Grid& g, int lvl, int64_t n0, int64_t n1, const T* x, const T* res,
-                           const T* gf, const T* gd, T* gt) {
+                           const T* gf, const DerivGrad<T>& gd, T* gt) {
   const int F = g.f;
   const int64_t D = int64_t(g.l) * F;
   const T r = res[lvl];
@@ -181,9 +202,10 @@ inline void backward_level(const Grid& g, int lvl, int64_t n0, int64_t n1, const
       // factor replaced by -+1 (times r): coef = wx[a] (p[bc] gv + q[bc]) + (2a - 1) p[bc] gx.
       T q[4] = {0, 0, 0, 0}, gx = 0;
       if (gd) {
-        const T* d = gd + n * 3 * D + lvl * F + f;
+        T d[3];
+        gd.at(n, D, lvl * F + f, d);
         gx = d[0] * r;
-        const T gy = d[D] * r, gz = d[2 * D] * r;
+        const T gy = d[1] * r, gz = d[2] * r;
         for (int b = 0; b < 2; ++b)
           for (int c = 0; c < 2; ++c) q[2 * b + c] = (b ? gy : -gy) * wz[c] + wy[b] * (c ? gz : -gz);
       }
@@ -200,7 +222,8 @@ inline void backward_level(const Grid& g, int lvl, int64_t n0, int64_t n1, const
 // gt (zeroed, strided like the table) += d loss / d table. mode 0: levels split among threads (deterministic);
 // mode 1: point chunks with per-thread gradient tables, then a reduction.
 template <typename T>
-void backward_impl(const Grid& g, const T* x, const T* res, const T* gf, const T* gd, T* gt, int mode) {
+void backward_impl(const Grid& g, const T* x, const T* res, const T* gf, const DerivGrad<T>& gd, T* gt,
+                   int mode) {
   if (mode == 0) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int lvl = 0; lvl < g.l; ++lvl) backward_level<T>(g, lvl, 0, g.n, x, res, gf, gd, gt);
@@ -335,9 +358,9 @@ void forward_f2(const Grid& g, const T* x, const T* table, const T* res, T* out,
 // Backward of one level for F = 2, points [n0, n1): per block of points, the cell, the 8 corner indices and their
 // 2 x 8 coefficients vectorised (as the scalar backward_level computes them), then the scatter-adds in point
 // order. gf must not be null (backward_f2 passes zeros).
-template <typename T, bool HASHED, bool GRAD>
+template <typename T, bool HASHED, int GRAD>
 inline void backward_level_f2(const Grid& g, int lvl, int64_t n0, int64_t n1, const T* x, const T* res,
-                              const T* gf, const T* gd, T* gt) {
+                              const T* gf, const DerivGrad<T>& gd, T* gt) {
   constexpr int B = 64;
   const int64_t D = int64_t(g.l) * 2;
   D3HG_LEVEL_F2(g, lvl, res[lvl])
@@ -349,7 +372,9 @@ inline void backward_level_f2(const Grid& g, int lvl, int64_t n0, int64_t n1, co
     const int nb = int(std::min<int64_t>(n1 - b0, B));
     const T* xb = x + 3 * b0;
     const T* gfb = gf + b0 * D + lvl * 2;
-    const T* gdb = GRAD ? gd + b0 * 3 * D + lvl * 2 : nullptr;
+    const T* gdb = GRAD == 1 ? gd.gd + b0 * 3 * D + lvl * 2 : nullptr;
+    const T* gcb = GRAD == 2 ? gd.gc + b0 * 3 : nullptr;
+    const T* gvb = GRAD == 2 ? gd.gv + b0 * D + lvl * 2 : nullptr;
 #pragma omp simd
     for (int p = 0; p < nb; ++p) {
       D3HG_CELL_F2(xb + 3 * p)
@@ -367,9 +392,18 @@ inline void backward_level_f2(const Grid& g, int lvl, int64_t n0, int64_t n1, co
         const T gv = gfb[p * D + f];
         T q00 = 0, q01 = 0, q10 = 0, q11 = 0, gx = 0;
         if (GRAD) {
-          const T* d = gdb + p * 3 * D + f;
-          gx = d[0] * r;
-          const T gy = d[D] * r, gz = d[2 * D] * r;
+          T gy, gz;
+          if (GRAD == 1) {
+            const T* d = gdb + p * 3 * D + f;
+            gx = d[0] * r;
+            gy = d[D] * r;
+            gz = d[2 * D] * r;
+          } else {  // the same products the dense gradient holds: (gc_k v_f) r
+            const T vf = gvb[p * D + f];
+            gx = (gcb[3 * p] * vf) * r;
+            gy = (gcb[3 * p + 1] * vf) * r;
+            gz = (gcb[3 * p + 2] * vf) * r;
+          }
           q00 = -gy * wz0 + wy0 * -gz;
           q01 = -gy * w2 + wy0 * gz;
           q10 = gy * wz0 + w1 * -gz;
@@ -406,7 +440,7 @@ inline void backward_level_f2(const Grid& g, int lvl, int64_t n0, int64_t n1, co
 #undef D3HG_LEVEL_F2
 
 template <typename T>
-void backward_f2(const Grid& g, const T* x, const T* res, const T* gf, const T* gd, T* gt) {
+void backward_f2(const Grid& g, const T* x, const T* res, const T* gf, const DerivGrad<T>& gd, T* gt) {
   // Each thread owns the levels lvl = tid (mod threads) and walks the points in chunks, all its levels per chunk:
   // the chunk's rows of gf / gd stay in cache for its levels (level by level over all points read the (N, 3, D)
   // gradient once per level: 8 x 7.7 MB for a 40k-sample view). One writer per level: deterministic.
@@ -423,12 +457,15 @@ void backward_f2(const Grid& g, const T* x, const T* res, const T* gf, const T* 
       const int64_t c1 = std::min(g.n, c0 + kChunk);
       for (int lvl = tid; lvl < g.l; lvl += nt) {
         const bool hashed = lvl >= g.n_dense;
-        if (gd) {
-          if (hashed) backward_level_f2<T, true, true>(g, lvl, c0, c1, x, res, gf, gd, gt);
-          else backward_level_f2<T, false, true>(g, lvl, c0, c1, x, res, gf, gd, gt);
+        if (gd.gd) {
+          if (hashed) backward_level_f2<T, true, 1>(g, lvl, c0, c1, x, res, gf, gd, gt);
+          else backward_level_f2<T, false, 1>(g, lvl, c0, c1, x, res, gf, gd, gt);
+        } else if (gd.gc) {
+          if (hashed) backward_level_f2<T, true, 2>(g, lvl, c0, c1, x, res, gf, gd, gt);
+          else backward_level_f2<T, false, 2>(g, lvl, c0, c1, x, res, gf, gd, gt);
         } else {
-          if (hashed) backward_level_f2<T, true, false>(g, lvl, c0, c1, x, res, gf, gd, gt);
-          else backward_level_f2<T, false, false>(g, lvl, c0, c1, x, res, gf, gd, gt);
+          if (hashed) backward_level_f2<T, true, 0>(g, lvl, c0, c1, x, res, gf, gd, gt);
+          else backward_level_f2<T, false, 0>(g, lvl, c0, c1, x, res, gf, gd, gt);
         }
       }
     }
@@ -446,7 +483,8 @@ void forward_dispatch(const Grid& g, const T* x, const T* table, const T* res, T
 }
 
 template <typename T>
-void backward_dispatch(const Grid& g, const T* x, const T* res, const T* gf, const T* gd, T* gt, int mode) {
+void backward_dispatch(const Grid& g, const T* x, const T* res, const T* gf, const DerivGrad<T>& gd, T* gt,
+                       int mode) {
   if (vectorised(g) && mode == 0) return backward_f2<T>(g, x, res, gf, gd, gt);
   backward_impl<T>(g, x, res, gf, gd, gt, mode);
 }
@@ -495,7 +533,7 @@ Grid make_grid(int64_t n, int64_t m, int64_t s_f, int64_t s_m, int f, int l, int
 
 extern "C" {
 
-int d3hg_version() { return 1; }
+int d3hg_version() { return 2; }
 int d3hg_max_threads() { return omp_get_max_threads(); }  // the OpenMP thread count a kernel would use here
 
 // 0 on success, -1 on a C++ exception (none is expected: mode 1's buffers are the only allocation).
@@ -514,10 +552,11 @@ int d3hg_max_threads() { return omp_get_max_threads(); }  // the OpenMP thread c
   int d3hg_backward_##SUFFIX(int64_t n, const T* x, T* grad_table, int64_t m, int64_t s_f, int64_t s_m,       \
                              int f, int l, int n_dense, uint32_t hash_mask, const T* res,                     \
                              const int64_t* offsets, const int64_t* strides, const T* grad_out,              \
-                             const T* grad_dout, int mode) {                                                 \
+                             const T* grad_dout, const T* grad_c, const T* grad_v, int mode) {               \
     try {                                                                                                    \
       Grid g = make_grid(n, m, s_f, s_m, f, l, n_dense, hash_mask, offsets, strides);                        \
-      backward_dispatch<T>(g, x, res, grad_out, grad_dout, grad_table, mode);                                \
+      const DerivGrad<T> gd{grad_dout, grad_dout ? nullptr : grad_c, grad_dout ? nullptr : grad_v};          \
+      backward_dispatch<T>(g, x, res, grad_out, gd, grad_table, mode);                                       \
       return 0;                                                                                              \
     } catch (...) {                                                                                          \
       return -1;                                                                                             \
@@ -538,8 +577,8 @@ D3HG_DEFINE(f64, double)
 """
 
 NATIVE = NativeLibrary(
-    "distill3d_hashgrid", _SOURCE, "hash-grid kernels", version=("d3hg_version", 1),
-    kernels={"d3hg_forward": ("lppllliiiuppppp", "i"), "d3hg_backward": ("lppllliiiupppppi", "i"),
+    "distill3d_hashgrid", _SOURCE, "hash-grid kernels", version=("d3hg_version", 2),
+    kernels={"d3hg_forward": ("lppllliiiuppppp", "i"), "d3hg_backward": ("lppllliiiupppppppi", "i"),
              "d3hg_contract": ("lippp", None), "d3hg_contract_backward": ("lippppp", None)},
     functions={"d3hg_max_threads": ("", "i")})
 
@@ -623,10 +662,13 @@ def forward(x01: torch.Tensor, table: torch.Tensor, meta: GridMeta, with_grad: b
 
 
 def backward(x01: torch.Tensor, table_shape: tuple[int, int], dtype: torch.dtype, meta: GridMeta,
-             grad_out: torch.Tensor | None, grad_dout: torch.Tensor | None, mode: int = 0) -> torch.Tensor:
+             grad_out: torch.Tensor | None, grad_dout: torch.Tensor | None, mode: int = 0,
+             grad_dout_factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Gradient of the table (F, M) given d loss / d features (N, L*F) and / or d loss / d derivatives
-    (N, 3, L*F): scatter-add of the trilinear weights (and of their spatial derivatives). ``mode`` 0 splits the
-    levels among threads (deterministic), 1 gives each thread a private table over a point chunk (then sums)."""
+    (N, 3, L*F): scatter-add of the trilinear weights (and of their spatial derivatives). ``grad_dout_factors``
+    (gc (N, 3), gv (N, L*F)) stands for grad_dout = gc (x) gv without forming it (a head's normals give that rank-1
+    gradient; ``mlp_head_cpu.EncodedFieldHeadFunction``). ``mode`` 0 splits the levels among threads
+    (deterministic), 1 gives each thread a private table over a point chunk (then sums)."""
     fn = NATIVE.kernel("d3hg_backward", dtype)
     f, m = table_shape
     n, d = x01.shape[0], meta.n_levels * f
@@ -634,17 +676,19 @@ def backward(x01: torch.Tensor, table_shape: tuple[int, int], dtype: torch.dtype
     grad_table = torch.zeros(f, m, dtype=dtype)
     if n == 0:
         return grad_table
-    if grad_out is not None:
-        grad_out = grad_out.to(dtype).contiguous()
-    if grad_out is not None and grad_out.shape != (n, d):
-        raise ValueError(f"grad of features: expected {(n, d)}, got {tuple(grad_out.shape)}")
-    if grad_dout is not None:
-        grad_dout = grad_dout.to(dtype).contiguous()
-        if grad_dout.shape != (n, 3, d):
-            raise ValueError(f"grad of derivatives: expected {(n, 3, d)}, got {tuple(grad_dout.shape)}")
+    expected = {"grad of features": (n, d), "grad of derivatives": (n, 3, d), "grad_dout_factors' gc": (n, 3),
+                "grad_dout_factors' gv": (n, d)}
+    gc, gv = grad_dout_factors if grad_dout_factors is not None and grad_dout is None else (None, None)
+    held = {}  # contiguous copies held for the call (a temporary's memory would be freed before it)
+    for name, t in zip(expected, (grad_out, grad_dout, gc, gv)):
+        if t is not None:
+            held[name] = t = t.to(dtype).contiguous()
+            if t.shape != expected[name]:
+                raise ValueError(f"{name}: expected {expected[name]}, got {tuple(t.shape)}")
+    grad_out, grad_dout, gc, gv = (held.get(name) for name in expected)
     if fn(n, ptr(x01), ptr(grad_table), m, grad_table.stride(0), grad_table.stride(1), f, meta.n_levels,
           meta.n_dense, meta.hash_mask, ptr(meta.res), ptr(meta.offsets), ptr(meta.strides), ptr(grad_out),
-          ptr(grad_dout), int(mode)):
+          ptr(grad_dout), ptr(gc), ptr(gv), int(mode)):
         raise RuntimeError("native hash-grid backward failed")
     return grad_table
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distill3d.fields import jacobian, mlp_head_cpu
-from distill3d.fields.jacobian import SpatialJacobian, mlp_forward, mlp_with_input_grad
+from distill3d.fields.jacobian import SpatialJacobian, head_kernel_applies, mlp_forward, mlp_with_input_grad
 
 Activation = Literal["none", "softplus", "trunc_exp"]
 
@@ -74,6 +74,30 @@ class HeadOutput(NamedTuple):
     density: torch.Tensor
     albedo: torch.Tensor
     normals: torch.Tensor | None
+
+
+def encoded_field_head(encoding: nn.Module, mlp: nn.Sequential, x: torch.Tensor, tail: FieldTail, normals: bool
+                       ) -> HeadOutput:
+    """``field_head`` on ``encoding``'s features of x (N, 3), with their spatial derivatives for ``normals``. Where
+    the native grid and head kernels both take the normals' path (CPU, constants without gradients), one autograd
+    node (``mlp_head_cpu.EncodedFieldHeadFunction``): the same values and gradients, the derivatives' gradient
+    handed from the head to the grid as its two factors instead of an (N, 3, D) tensor."""
+    if not normals:
+        return field_head(mlp, encoding(x), None, tail)
+    layers = list(mlp)
+    table = getattr(encoding, "table", None)
+    if (table is not None and hasattr(encoding, "native_jacobian_inputs") and layers[-1].out_features >= 2
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tail.constants()))
+            and all(t.dtype == table.dtype for t in tail.constants())
+            and head_kernel_applies(layers, table.dtype, table.device)):
+        native = encoding.native_jacobian_inputs(x)
+        if native is not None:
+            x01, meta, scale = native
+            return HeadOutput(*mlp_head_cpu.EncodedFieldHeadFunction.apply(
+                table, x01, meta, layers[0].weight, layers[0].bias, layers[2].weight, layers[2].bias, scale,
+                tail.bias, tail.bias_grad, tail.mask, tail.activation, tail.normal_sign))
+    feats, jac = encoding.forward_with_jacobian(x)
+    return field_head(mlp, feats, jac, tail)
 
 
 def field_head(mlp: nn.Sequential, features: torch.Tensor, jac: SpatialJacobian | None, tail: FieldTail

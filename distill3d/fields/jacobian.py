@@ -74,17 +74,24 @@ def mlp_with_input_grad(mlp: nn.Sequential, features: torch.Tensor, jac: Spatial
 
 
 def fused_head_applies(layers: list[nn.Module], features: torch.Tensor, jac_raw: torch.Tensor | None) -> bool:
-    """The native fused head (``mlp_head_cpu.MLPHeadFunction``) computes this MLP: Linear-ReLU-Linear with biases,
-    CPU float32/float64 tensors of one dtype, sizes within its limits, kernels built and enabled."""
+    """The native fused head (``mlp_head_cpu.MLPHeadFunction``) computes this MLP on these tensors: ``head_kernel_
+    applies`` to the features' dtype and device, (N, D) features, the Jacobian of the same dtype and device."""
+    return (features.dim() == 2 and (jac_raw is None or (jac_raw.device == features.device
+                                                         and jac_raw.dtype == features.dtype))
+            and head_kernel_applies(layers, features.dtype, features.device))
+
+
+def head_kernel_applies(layers: list[nn.Module], dtype: torch.dtype, device: torch.device) -> bool:
+    """The native head kernels take this MLP: Linear-ReLU-Linear with biases, CPU float32/float64 of ``dtype``,
+    sizes within their limits, kernels built and enabled."""
     if len(layers) != 3 or not (isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
                                 and isinstance(layers[2], nn.Linear)):
         return False
     l1, l2 = layers[0], layers[2]
-    tensors = [features, l1.weight, l2.weight] + ([] if jac_raw is None else [jac_raw])
-    if l1.bias is None or l2.bias is None or any(t.device.type != "cpu" or t.dtype != features.dtype
-                                                 for t in tensors + [l1.bias, l2.bias]):
+    if l1.bias is None or l2.bias is None or device.type != "cpu" or any(
+            t.device.type != "cpu" or t.dtype != dtype for t in (l1.weight, l2.weight, l1.bias, l2.bias)):
         return False
-    return (features.dtype in (torch.float32, torch.float64) and features.dim() == 2
+    return (dtype in (torch.float32, torch.float64)
             and mlp_head_cpu.head_fits(l1.in_features, l1.out_features, l2.out_features) and mlp_head_cpu.available())
 
 

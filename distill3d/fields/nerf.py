@@ -18,9 +18,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from distill3d.fields import points_cpu
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
 from distill3d.fields.files import read_field, write_field
-from distill3d.fields.head import FieldTail, field_head
+from distill3d.fields.head import FieldTail, encoded_field_head
 
 
 def inside_box(x: torch.Tensor, bound: float) -> torch.Tensor:
@@ -127,6 +128,18 @@ class RadianceField(nn.Module):
             inside = inside & ((x * x).sum(-1) <= self.cfg.support_radius**2)
         return inside.to(x.dtype)
 
+    def _tail(self, x: torch.Tensor, normals: bool) -> FieldTail:
+        """The head's tail at x (N, 3): the density bias, its gradient (with ``normals``) and the support mask; one
+        native pass (``points_cpu``) where it applies, else the torch code above (the reference)."""
+        c = self.cfg
+        if points_cpu.applies(x):
+            bias, bias_grad, mask = points_cpu.density_constants(x, c.blob, c.blob_density, c.blob_radius,
+                                                                 c.density_shift, c.bound, c.support_radius, normals)
+        else:
+            bias, bias_grad = self.density_bias_and_grad(x) if normals else (self.density_bias(x), None)
+            mask = self._support(x)
+        return FieldTail(c.density_activation, -1.0, bias, bias_grad, mask)
+
     def query(self, x: torch.Tensor, *, normals: bool = False, create_graph: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals at x (N, 3) (``head.field_head`` with this field's tail:
         sigma = act(h_0 + blob + shift) inside the support, albedo = sigmoid(h_1:)).
@@ -137,13 +150,7 @@ class RadianceField(nn.Module):
         activation is monotonic) and no exp overflow. ``create_graph=True`` keeps the normals differentiable so
         losses on them (orientation loss, Lambertian shading) train the field; otherwise they are detached.
         """
-        if normals:
-            feats, jac = self.encoding.forward_with_jacobian(x)
-            bias, bias_grad = self.density_bias_and_grad(x)
-        else:
-            feats, jac, bias, bias_grad = self.encoding(x), None, self.density_bias(x), None
-        out = field_head(self.mlp, feats, jac, FieldTail(self.cfg.density_activation, -1.0, bias, bias_grad,
-                                                         self._support(x)))
+        out = encoded_field_head(self.encoding, self.mlp, x, self._tail(x, normals), normals)
         n = out.normals if out.normals is None or create_graph else out.normals.detach()
         return FieldOutput(out.density, out.albedo, n)
 

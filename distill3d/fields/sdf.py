@@ -30,7 +30,7 @@ from torch import nn
 
 from distill3d.fields.encoding import HashGridConfig, HashGridEncoding
 from distill3d.fields.files import read_field, write_field
-from distill3d.fields.head import FieldTail, field_head
+from distill3d.fields.head import FieldTail, encoded_field_head
 from distill3d.fields.jacobian import mlp_forward, mlp_with_input_grad
 from distill3d.fields.nerf import FieldOutput, inside_box
 
@@ -151,12 +151,8 @@ class SDFField(nn.Module):
         """Density, albedo and optionally normals n = grad s / |grad s| at x (N, 3); same contract as
         ``RadianceField.query`` (``create_graph=True`` lets losses on normals train the SDF). The head gives s
         (``head.field_head`` with no activation, the initial shape's distance as bias), VolSDF's density reads it."""
-        if normals:
-            feats, jac = self.encoding.forward_with_jacobian(x)
-            grad = self.sdf_init_grad(x)
-        else:
-            feats, jac, grad = self.encoding(x), None, None
-        out = field_head(self.mlp, feats, jac, FieldTail("none", 1.0, self.sdf_init(x), grad))
+        grad = self.sdf_init_grad(x) if normals else None
+        out = encoded_field_head(self.encoding, self.mlp, x, FieldTail("none", 1.0, self.sdf_init(x), grad), normals)
         n = out.normals if out.normals is None or create_graph else out.normals.detach()
         return FieldOutput(self._density(out.density, x), out.albedo, n)
 

@@ -149,6 +149,7 @@ def distill(
     prompts = ViewPrompts(prior, prompt, view_dependent=cfg.view_dependent_prompts)
     size = cfg.render_size or prior.resolution
     opt = make_optimizer(scenes, cfg)
+    params = [p for group in opt.param_groups for p in group["params"]]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     lambdas = cfg.lambdas()
@@ -202,7 +203,9 @@ def distill(
             outs = [scene.render(c, size, shading=mode, light_dir=light, background=bg, ambient=cfg.ambient,
                                  generator=gen)
                     for scene, c, light, bg in zip(scenes, views, lights, bgs)]
-            images = _contiguous_grad(torch.cat([o["rgb"] for o in outs])).permute(0, 3, 1, 2)
+            # NCHW in memory: a permuted (B, H, W, 3) view made x_t channels-last, and the toy prior's convolutions
+            # ran 1.7 % slower on it (interleaved timing, 200 calls each)
+            images = _contiguous_grad(torch.cat([o["rgb"] for o in outs])).permute(0, 3, 1, 2).contiguous()
             cams = views[0] if n == 1 else cat_cameras(views)
             t2 = time.perf_counter()
             text = prompts.for_cameras(cams, textureless=mode in ("textureless", "normal"))  # no albedo shown
@@ -212,7 +215,8 @@ def distill(
             losses.update(_sum_terms([scene.losses(o, gen) for scene, o in zip(scenes, outs)]))
             losses = {k: v for k, v in losses.items() if lambdas.get(k, 1.0) != 0}
             total = weighted_total(losses, lambdas)
-            opt.zero_grad(set_to_none=True)
+            for p in params:  # opt.zero_grad(set_to_none=True) without its profiler scope: ~0.2 ms a step here
+                p.grad = None
             total.backward()
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_([p for s in scenes for p in s.parameters()], cfg.max_grad_norm)

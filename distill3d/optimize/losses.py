@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from distill3d.render.volume_cpu import OrientationFunction
+
 
 def orientation_loss(out: dict) -> torch.Tensor:
     """DreamFusion's orientation loss (Sec. 3.1, "R_orient"): sum_i stopgrad(w_i) max(0, n_i . d_i)^2 per ray,
     averaged over rays. d_i is the ray direction (camera -> point), so it penalises normals facing away from the
     camera. Needs the per-sample pieces ``render_field`` returns when normals were computed."""
     w = out["sample_weights"].detach()
+    if "sample_dirs" not in out:  # packed by ray (render.volume_cpu): one native pass per ray
+        return OrientationFunction.apply(out["sample_normals"], w, out["ray_dirs"], out["sample_offsets"]).sum() \
+            / out["n_rays"]
     dot = (out["sample_normals"] * out["sample_dirs"]).sum(-1).clamp_min(0.0)
     return (w * dot * dot).sum() / out["n_rays"]
 

@@ -152,7 +152,8 @@ def render_field(
     Returns a dict with rgb (B, H, W, 3), opacity (B, H, W), depth (B, H, W) (distance along the ray, 0 where
     nothing is hit, as in toyworld.render). With normals also: normal (B, H, W, 3) (opacity-weighted mean, 0 on
     background) and the per-sample pieces of the orientation loss: sample_weights (M,), sample_normals (M, 3),
-    sample_dirs (M, 3) (ray directions), n_rays (int).
+    n_rays (int), and either sample_dirs (M, 3) (each sample's ray direction) or, from the fused CPU renderer,
+    sample_offsets (R + 1,) (ray r's samples are offsets[r] to offsets[r + 1] - 1) and ray_dirs (R, 3).
     """
     if with_normals is None:
         with_normals = shading != "albedo"
@@ -255,8 +256,8 @@ def _render_native(field, o, d, n_samples, occupancy, shading, light, ambient, s
     w, rgb, opacity, depth, normal = volume_cpu.CompositeFunction.apply(
         q.sigma, q.albedo, q.normals, light, smp.offsets, smp.t_starts, smp.t_ends, smp.t_mid, shading, ambient)
     out = {"rgb": rgb, "opacity": opacity, "depth": depth, "normal": normal}
-    if with_normals:
-        out.update(sample_weights=w, sample_normals=q.normals, sample_dirs=d[smp.ray_id])
+    if with_normals:  # the orientation loss reads the rays' directions through the offsets (OrientationFunction)
+        out.update(sample_weights=w, sample_normals=q.normals, sample_offsets=smp.offsets, ray_dirs=d)
     return out
 
 

@@ -41,72 +41,165 @@ _SOURCE = r"""
 // distill3d volume compositing with shading, fused CPU kernels (see distill3d/render/volume_cpu.py).
 #include <cmath>
 #include <cstdint>
+#include <vector>
 #include <omp.h>
 
 namespace {
 
 // Ray r's samples: its slab-test interval [t_near, t_far] (t_far = t_near when it misses the box), S intervals at
 // fractions edges[0..S] of it, the point at u in each (u = null: 0.5), kept when the occupancy grid (null: none) has
-// its cell. Writes the kept samples from slot `out` on (when `xs` is given) and returns how many were kept.
-// fp-contract off: each product rounded before the sum, as torch's separate element-wise ops do.
+// its cell. fp-contract off (the pragma, for every function down to the samplers' kernels, so they inline into each
+// other): each product rounded before the sum, as torch's separate element-wise ops do.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
 template <typename T>
-__attribute__((optimize("fp-contract=off"))) int64_t sample_ray(
-    int64_t r, int64_t S, const T* o, const T* d, T bound, const T* edges, const T* u, const uint8_t* occ, int64_t res,
-    int64_t out, T* xs, T* t0, T* t1, T* tm, int64_t* ray_id) {
-  const T* orr = o + 3 * r;
-  const T* drr = d + 3 * r;
-  T tn = -INFINITY, tf = INFINITY;
-  for (int a = 0; a < 3; ++a) {
-    const T dv = drr[a];
-    const T inv = T(1) / ((dv < T(0) ? -dv : dv) < T(1e-12) ? T(1e-12) : dv);
-    const T ta = (-bound - orr[a]) * inv, tb = (bound - orr[a]) * inv;
-    const T lo = ta < tb ? ta : tb, hi = ta > tb ? ta : tb;
-    tn = lo > tn ? lo : tn;
-    tf = hi < tf ? hi : tf;
+struct RaySampler {
+  int64_t S;
+  const T *o, *d;
+  T bound;
+  const T *edges, *u;
+  const uint8_t* occ;
+  int64_t res;
+  T width, inv_width;
+  bool pow2;  // 2b a power of two: (x + b) * (1 / 2b) is the torch code's (x + b) / 2b to the bit, without a division
+  std::vector<T> halves;  // u = null: the middle of each interval
+
+  RaySampler(int64_t S_, const T* o_, const T* d_, T bound_, const T* edges_, const T* u_, const uint8_t* occ_,
+             int64_t res_)
+      : S(S_), o(o_), d(d_), bound(bound_), edges(edges_), u(u_), occ(occ_), res(res_), width(T(2) * bound_) {
+    int e2;
+    pow2 = std::frexp(width, &e2) == T(0.5);
+    inv_width = T(1) / width;
+    if (!u) halves.assign(std::size_t(S), T(0.5));
   }
-  tn = tn > T(0) ? tn : T(0);
-  if (!(tf > tn)) return 0;  // misses the box: no sample is valid
-  const T span = tf - tn;
-  int64_t kept = 0;
-  for (int64_t k = 0; k < S; ++k) {
-    const T ts = tn + span * edges[k], te = tn + span * edges[k + 1];
-    const T tmid = ts + (te - ts) * (u ? u[r * S + k] : T(0.5));
-    const T x[3] = {orr[0] + drr[0] * tmid, orr[1] + drr[1] * tmid, orr[2] + drr[2] * tmid};
-    if (occ) {
-      int64_t flat = 0;
-      for (int a = 0; a < 3; ++a) {
-        const T c = std::floor((x[a] + bound) / (T(2) * bound) * T(res));
-        const int64_t i = c >= T(0) ? (c <= T(res - 1) ? int64_t(c) : res - 1) : 0;  // NaN -> 0
-        flat = flat * res + i;
-      }
-      if (!occ[flat]) continue;
+
+  // the ray's box interval: false when it misses the box (no sample is valid)
+  bool interval(int64_t r, T& tn, T& span) const {
+    const T* orr = o + 3 * r;
+    const T* drr = d + 3 * r;
+    T tf = INFINITY;
+    tn = -INFINITY;
+    for (int a = 0; a < 3; ++a) {
+      const T dv = drr[a];
+      const T inv = T(1) / ((dv < T(0) ? -dv : dv) < T(1e-12) ? T(1e-12) : dv);
+      const T ta = (-bound - orr[a]) * inv, tb = (bound - orr[a]) * inv;
+      const T lo = ta < tb ? ta : tb, hi = ta > tb ? ta : tb;
+      tn = lo > tn ? lo : tn;
+      tf = hi < tf ? hi : tf;
     }
-    if (xs) {
-      const int64_t j = out + kept;
+    tn = tn > T(0) ? tn : T(0);
+    span = tf - tn;
+    return tf > tn;
+  }
+
+  // sample k of ray r: interval [ts, te], evaluation point tmid and position x
+  void sample(int64_t r, int64_t k, T tn, T span, T& ts, T& te, T& tmid, T x[3]) const {
+    ts = tn + span * edges[k];
+    te = tn + span * edges[k + 1];
+    tmid = ts + (te - ts) * (u ? u[r * S + k] : T(0.5));
+    for (int a = 0; a < 3; ++a) x[a] = o[3 * r + a] + d[3 * r + a] * tmid;
+  }
+
+  // 1 when the grid (or no grid) keeps the point x
+  int kept(const T x[3]) const {
+    if (!occ) return 1;
+    int64_t flat = 0;
+    for (int a = 0; a < 3; ++a) {
+      const T q = pow2 ? (x[a] + bound) * inv_width : (x[a] + bound) / width;
+      const T c = std::floor(q * T(res));
+      const int64_t i = c >= T(0) ? (c <= T(res - 1) ? int64_t(c) : res - 1) : 0;  // NaN -> 0
+      flat = flat * res + i;
+    }
+    return occ[flat] != 0;
+  }
+
+  // how many of ray r's samples are kept, and with S <= 64 which (bit k: sample k; null: not recorded). Written
+  // for the vector units (omp simd over the samples; no branch on the grid's cells, about half occupied near a
+  // surface: a coin flip to the branch predictor); sample() and kept()'s arithmetic in the same order.
+  int64_t count(int64_t r, uint64_t* mask) const {
+    T tn, span;
+    if (!interval(r, tn, span)) {
+      if (mask) *mask = 0;
+      return 0;
+    }
+    if (!occ) {
+      if (mask) *mask = S >= 64 ? ~uint64_t(0) : (uint64_t(1) << S) - 1;
+      return S;
+    }
+    const T* ur = u ? u + r * S : halves.data();
+    const T o0 = o[3 * r], o1 = o[3 * r + 1], o2 = o[3 * r + 2];
+    const T d0 = d[3 * r], d1 = d[3 * r + 1], d2 = d[3 * r + 2];
+    const T fres = T(res), top = T(res - 1);
+    const int32_t res32 = int32_t(res), top32 = int32_t(res - 1);
+    const T *e = edges, b = bound, w = width, iw = inv_width;  // locals: members read in the loop do not vectorise
+    const bool p2 = pow2;
+    const uint8_t* grid = occ;
+    const int64_t ns = S;
+    int64_t n = 0;
+    uint64_t bits = 0;
+#define D3VC_CELL(X, I)                                                                                         \
+  const T q##I = p2 ? ((X) + b) * iw : ((X) + b) / w;                                                             \
+  const T c##I = std::floor(q##I * fres);                                                                        \
+  const int32_t i##I = c##I >= T(0) ? (c##I <= top ? int32_t(c##I) : top32) : 0; /* NaN -> 0 */
+#pragma omp simd reduction(+ : n) reduction(| : bits)
+    for (int64_t k = 0; k < ns; ++k) {
+      const T ts = tn + span * e[k], te = tn + span * e[k + 1];
+      const T tmid = ts + (te - ts) * ur[k];
+      D3VC_CELL(o0 + d0 * tmid, 0)
+      D3VC_CELL(o1 + d1 * tmid, 1)
+      D3VC_CELL(o2 + d2 * tmid, 2)
+      const int32_t keep = grid[(i0 * res32 + i1) * res32 + i2] != 0;
+      n += keep;
+      bits |= uint64_t(keep) << (k & 63);  // (masks are kept for S <= 64 only)
+    }
+#undef D3VC_CELL
+    if (mask) *mask = bits;
+    return n;
+  }
+
+  // writes ray r's kept samples from slot `out` on; with the count pass's mask only those samples are computed
+  void fill(int64_t r, int64_t out, const uint64_t* mask, T* xs, T* t0, T* t1, T* tm, int64_t* ray_id) const {
+    T tn, span;
+    if (!interval(r, tn, span)) return;
+    int64_t j = out;
+    auto put = [&](int64_t k) {
+      T ts, te, tmid, x[3];
+      sample(r, k, tn, span, ts, te, tmid, x);
       xs[3 * j] = x[0]; xs[3 * j + 1] = x[1]; xs[3 * j + 2] = x[2];
       t0[j] = ts; t1[j] = te; tm[j] = tmid; ray_id[j] = r;
+      ++j;
+    };
+    if (mask) {
+      for (uint64_t bits = *mask; bits; bits &= bits - 1) put(__builtin_ctzll(bits));
+      return;
     }
-    ++kept;
+    for (int64_t k = 0; k < S; ++k) {
+      T ts, te, tmid, x[3];
+      sample(r, k, tn, span, ts, te, tmid, x);
+      if (kept(x)) put(k);
+    }
   }
-  return kept;
-}
+};
 
 template <typename T>
 void sample_count_impl(int64_t n_rays, int64_t S, const T* o, const T* d, T bound, const T* edges, const T* u,
-                       const uint8_t* occ, int64_t res, int64_t* counts) {
+                       const uint8_t* occ, int64_t res, int64_t* counts, uint64_t* masks) {
+  const RaySampler<T> rs(S, o, d, bound, edges, u, occ, res);
+  if (S > 64) masks = nullptr;
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n_rays; ++r)
-    counts[r] = sample_ray<T>(r, S, o, d, bound, edges, u, occ, res, 0, nullptr, nullptr, nullptr, nullptr, nullptr);
+  for (int64_t r = 0; r < n_rays; ++r) counts[r] = rs.count(r, masks ? masks + r : nullptr);
 }
 
 template <typename T>
 void sample_fill_impl(int64_t n_rays, int64_t S, const T* o, const T* d, T bound, const T* edges, const T* u,
-                      const uint8_t* occ, int64_t res, const int64_t* off, T* xs, T* t0, T* t1, T* tm,
-                      int64_t* ray_id) {
+                      const uint8_t* occ, int64_t res, const int64_t* off, const uint64_t* masks, T* xs, T* t0, T* t1,
+                      T* tm, int64_t* ray_id) {
+  const RaySampler<T> rs(S, o, d, bound, edges, u, occ, res);
+  if (S > 64) masks = nullptr;
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n_rays; ++r)
-    sample_ray<T>(r, S, o, d, bound, edges, u, occ, res, off[r], xs, t0, t1, tm, ray_id);
+  for (int64_t r = 0; r < n_rays; ++r) rs.fill(r, off[r], masks ? masks + r : nullptr, xs, t0, t1, tm, ray_id);
 }
+#pragma GCC pop_options
 
 // colour of one sample: mode 0 albedo, 1 albedo * k, 2 k, with k = ambient + (1 - ambient) max(0, n . l)
 template <typename T>
@@ -205,21 +298,54 @@ void backward_impl(int64_t n_rays, const int64_t* off, int mode, T ambient, cons
   }
 }
 
+// DreamFusion's orientation term per ray, sum_i w_i max(0, n_i . d)^2 over ray r's samples (d: its direction, w:
+// constants), and its gradient w.r.t. the normals, g_r 2 w_i max(0, n_i . d) d.
+template <typename T>
+void orient_forward_impl(int64_t n_rays, const int64_t* off, const T* nrm, const T* w, const T* dirs, T* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    const T* d = dirs + 3 * r;
+    T s = 0;
+    for (int64_t i = off[r]; i < off[r + 1]; ++i) {
+      const T* n = nrm + 3 * i;
+      const T dot = n[0] * d[0] + n[1] * d[1] + n[2] * d[2];
+      if (dot > T(0)) s += w[i] * dot * dot;
+    }
+    out[r] = s;
+  }
+}
+
+template <typename T>
+void orient_backward_impl(int64_t n_rays, const int64_t* off, const T* nrm, const T* w, const T* dirs, const T* g,
+                          T* g_n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    const T* d = dirs + 3 * r;
+    for (int64_t i = off[r]; i < off[r + 1]; ++i) {
+      const T* n = nrm + 3 * i;
+      const T dot = n[0] * d[0] + n[1] * d[1] + n[2] * d[2];
+      const T c = dot > T(0) ? g[r] * T(2) * w[i] * dot : T(0);
+      for (int k = 0; k < 3; ++k) g_n[3 * i + k] = c * d[k];
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int d3vc_version() { return 1; }
+int d3vc_version() { return 3; }
 
 #define D3VC_DEFINE(S, T)                                                                                          \
   void d3vc_sample_count_##S(int64_t n_rays, int64_t n_samples, const T* o, const T* d, double bound,              \
-                             const T* edges, const T* u, const uint8_t* occ, int64_t res, int64_t* counts) {       \
-    sample_count_impl<T>(n_rays, n_samples, o, d, T(bound), edges, u, occ, res, counts);                            \
+                             const T* edges, const T* u, const uint8_t* occ, int64_t res, int64_t* counts,         \
+                             uint64_t* masks) {                                                                    \
+    sample_count_impl<T>(n_rays, n_samples, o, d, T(bound), edges, u, occ, res, counts, masks);                     \
   }                                                                                                                \
   void d3vc_sample_fill_##S(int64_t n_rays, int64_t n_samples, const T* o, const T* d, double bound,               \
-                            const T* edges, const T* u, const uint8_t* occ, int64_t res, const int64_t* off, T* xs, \
-                            T* t0, T* t1, T* tm, int64_t* ray_id) {                                                \
-    sample_fill_impl<T>(n_rays, n_samples, o, d, T(bound), edges, u, occ, res, off, xs, t0, t1, tm, ray_id);        \
+                            const T* edges, const T* u, const uint8_t* occ, int64_t res, const int64_t* off,        \
+                            const uint64_t* masks, T* xs, T* t0, T* t1, T* tm, int64_t* ray_id) {                   \
+    sample_fill_impl<T>(n_rays, n_samples, o, d, T(bound), edges, u, occ, res, off, masks, xs, t0, t1, tm, ray_id); \
   }                                                                                                                \
   void d3vc_forward_##S(int64_t n_rays, const int64_t* off, int mode, double ambient, const T* sigma, const T* t0, \
                         const T* t1, const T* tm, const T* alb, const T* nrm, const T* light, T* w, T* acc_before,  \
@@ -233,6 +359,14 @@ int d3vc_version() { return 1; }
                          const T* g_depth, const T* g_nrm, T* g_sigma, T* g_alb, T* g_n) {                         \
     backward_impl<T>(n_rays, off, mode, T(ambient), sigma, t0, t1, tm, alb, nrm, light, w, acc_before, g_w,        \
                      g_rgb, g_op, g_depth, g_nrm, g_sigma, g_alb, g_n);                                            \
+  }                                                                                                                \
+  void d3vc_orient_forward_##S(int64_t n_rays, const int64_t* off, const T* nrm, const T* w, const T* dirs,        \
+                               T* out) {                                                                           \
+    orient_forward_impl<T>(n_rays, off, nrm, w, dirs, out);                                                        \
+  }                                                                                                                \
+  void d3vc_orient_backward_##S(int64_t n_rays, const int64_t* off, const T* nrm, const T* w, const T* dirs,       \
+                                const T* g, T* g_n) {                                                              \
+    orient_backward_impl<T>(n_rays, off, nrm, w, dirs, g, g_n);                                                    \
   }
 
 D3VC_DEFINE(f32, float)
@@ -242,9 +376,10 @@ D3VC_DEFINE(f64, double)
 """
 
 NATIVE = NativeLibrary(
-    "distill3d_volume", _SOURCE, "volume-rendering kernels", version=("d3vc_version", 1),
-    kernels={"d3vc_sample_count": ("llppdppplp", None), "d3vc_sample_fill": ("llppdppplp" + "p" * 5, None),
-             "d3vc_forward": ("lpid" + "p" * 13, None), "d3vc_backward": ("lpid" + "p" * 17, None)})
+    "distill3d_volume", _SOURCE, "volume-rendering kernels", version=("d3vc_version", 3),
+    kernels={"d3vc_sample_count": ("llppdppplpp", None), "d3vc_sample_fill": ("llppdppplpp" + "p" * 5, None),
+             "d3vc_forward": ("lpid" + "p" * 13, None), "d3vc_backward": ("lpid" + "p" * 17, None),
+             "d3vc_orient_forward": ("lppppp", None), "d3vc_orient_backward": ("lpppppp", None)})
 
 
 class RaySamples(NamedTuple):
@@ -277,9 +412,10 @@ def sample_rays(o: torch.Tensor, d: torch.Tensor, bound: float, n_samples: int, 
     if occ is not None and occupied.shape != (res, res, res):
         raise ValueError(f"sample_rays: the occupancy grid must be cubic, got {tuple(occupied.shape)}")
     counts = torch.empty(r, dtype=torch.int64)
+    masks = torch.empty(r, dtype=torch.int64) if s <= 64 else None  # each ray's kept samples, bit k: sample k
     args = (s, ptr(o), ptr(d), float(bound), ptr(edges), ptr(u), ptr(occ), res)
     if r:
-        NATIVE.kernel("d3vc_sample_count", dt)(r, *args, ptr(counts))
+        NATIVE.kernel("d3vc_sample_count", dt)(r, *args, ptr(counts), ptr(masks))
     offsets = torch.zeros(r + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
     m = int(offsets[-1])
@@ -287,7 +423,8 @@ def sample_rays(o: torch.Tensor, d: torch.Tensor, bound: float, n_samples: int, 
         torch.empty(m, dtype=dt)
     ray_id = torch.empty(m, dtype=torch.int64)
     if m:
-        NATIVE.kernel("d3vc_sample_fill", dt)(r, *args, ptr(offsets), ptr(x), ptr(t0), ptr(t1), ptr(tm), ptr(ray_id))
+        NATIVE.kernel("d3vc_sample_fill", dt)(r, *args, ptr(offsets), ptr(masks), ptr(x), ptr(t0), ptr(t1), ptr(tm),
+                                              ptr(ray_id))
     return RaySamples(x, t0, t1, tm, ray_id, offsets)
 
 
@@ -350,4 +487,39 @@ class CompositeFunction(torch.autograd.Function):
         if need_alb and g_alb is None:
             g_alb = torch.zeros(m, 3, dtype=dt)  # textureless: the colour does not depend on the albedo
         return (g_sigma if need_sigma else None, g_alb, g_n, None, None, None, None, None, None, None)
+
+
+class OrientationFunction(torch.autograd.Function):
+    """``apply(normals, weights, dirs, offsets)`` -> (R,): DreamFusion's orientation term per ray (Sec. 3.1,
+    R_orient), sum_i w_i max(0, n_i . d_r)^2 over ray r's packed samples (normals (M, 3), weights (M,), the rays'
+    directions dirs (R, 3), offsets (R + 1,) int64). Differentiable w.r.t. the normals only: the weights are
+    constants (stop-gradient) and so are the directions. One pass per ray, without the (M, 3) gather of each
+    sample's direction and the half-dozen (M,) passes of the torch code (``optimize.losses.orientation_loss``)."""
+
+    @staticmethod
+    def forward(ctx, normals, weights, dirs, offsets):
+        dt = normals.dtype
+        normals = normals.detach().contiguous()
+        weights, dirs = weights.detach().to(dt).contiguous(), dirs.detach().to(dt).contiguous()
+        offsets = offsets.to(torch.int64).contiguous()
+        r = offsets.shape[0] - 1
+        if normals.shape != (weights.shape[0], 3) or dirs.shape != (r, 3) or int(offsets[-1]) != normals.shape[0]:
+            raise ValueError("orientation: shapes do not match (M samples, R rays, R + 1 offsets ending at M)")
+        out = torch.empty(r, dtype=dt)
+        if r:
+            NATIVE.kernel("d3vc_orient_forward", dt)(r, ptr(offsets), ptr(normals), ptr(weights), ptr(dirs), ptr(out))
+        ctx.save_for_backward(normals, weights, dirs, offsets)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        normals, weights, dirs, offsets = ctx.saved_tensors
+        g_n = torch.empty_like(normals)
+        r = offsets.shape[0] - 1
+        if r and ctx.needs_input_grad[0]:
+            g = g.to(normals.dtype).contiguous()
+            NATIVE.kernel("d3vc_orient_backward", normals.dtype)(r, ptr(offsets), ptr(normals), ptr(weights),
+                                                                 ptr(dirs), ptr(g), ptr(g_n))
+        return (g_n if ctx.needs_input_grad[0] else None), None, None, None
 
