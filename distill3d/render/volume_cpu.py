@@ -41,7 +41,6 @@ _SOURCE = r"""
 // distill3d volume compositing with shading, fused CPU kernels (see distill3d/render/volume_cpu.py).
 #include <cmath>
 #include <cstdint>
-#include <vector>
 #include <omp.h>
 
 namespace {
@@ -62,7 +61,6 @@ struct RaySampler {
   int64_t res;
   T width, inv_width;
   bool pow2;  // 2b a power of two: (x + b) * (1 / 2b) is the torch code's (x + b) / 2b to the bit, without a division
-  std::vector<T> halves;  // u = null: the middle of each interval
 
   RaySampler(int64_t S_, const T* o_, const T* d_, T bound_, const T* edges_, const T* u_, const uint8_t* occ_,
              int64_t res_)
@@ -70,7 +68,6 @@ struct RaySampler {
     int e2;
     pow2 = std::frexp(width, &e2) == T(0.5);
     inv_width = T(1) / width;
-    if (!u) halves.assign(std::size_t(S), T(0.5));
   }
 
   // the ray's box interval: false when it misses the box (no sample is valid)
@@ -113,46 +110,23 @@ struct RaySampler {
     return occ[flat] != 0;
   }
 
-  // how many of ray r's samples are kept, and with S <= 64 which (bit k: sample k; null: not recorded). Written
-  // for the vector units (omp simd over the samples; no branch on the grid's cells, about half occupied near a
-  // surface: a coin flip to the branch predictor); sample() and kept()'s arithmetic in the same order.
+  // how many of ray r's samples are kept, and with S <= 64 which (bit k: sample k; null: not recorded). No branch
+  // on the grid's cells (about half occupied near a surface: a coin flip to the branch predictor).
   int64_t count(int64_t r, uint64_t* mask) const {
     T tn, span;
     if (!interval(r, tn, span)) {
       if (mask) *mask = 0;
       return 0;
     }
-    if (!occ) {
-      if (mask) *mask = S >= 64 ? ~uint64_t(0) : (uint64_t(1) << S) - 1;
-      return S;
-    }
-    const T* ur = u ? u + r * S : halves.data();
-    const T o0 = o[3 * r], o1 = o[3 * r + 1], o2 = o[3 * r + 2];
-    const T d0 = d[3 * r], d1 = d[3 * r + 1], d2 = d[3 * r + 2];
-    const T fres = T(res), top = T(res - 1);
-    const int32_t res32 = int32_t(res), top32 = int32_t(res - 1);
-    const T *e = edges, b = bound, w = width, iw = inv_width;  // locals: members read in the loop do not vectorise
-    const bool p2 = pow2;
-    const uint8_t* grid = occ;
-    const int64_t ns = S;
     int64_t n = 0;
     uint64_t bits = 0;
-#define D3VC_CELL(X, I)                                                                                         \
-  const T q##I = p2 ? ((X) + b) * iw : ((X) + b) / w;                                                             \
-  const T c##I = std::floor(q##I * fres);                                                                        \
-  const int32_t i##I = c##I >= T(0) ? (c##I <= top ? int32_t(c##I) : top32) : 0; /* NaN -> 0 */
-#pragma omp simd reduction(+ : n) reduction(| : bits)
-    for (int64_t k = 0; k < ns; ++k) {
-      const T ts = tn + span * e[k], te = tn + span * e[k + 1];
-      const T tmid = ts + (te - ts) * ur[k];
-      D3VC_CELL(o0 + d0 * tmid, 0)
-      D3VC_CELL(o1 + d1 * tmid, 1)
-      D3VC_CELL(o2 + d2 * tmid, 2)
-      const int32_t keep = grid[(i0 * res32 + i1) * res32 + i2] != 0;
+    for (int64_t k = 0; k < S; ++k) {
+      T ts, te, tm, x[3];
+      sample(r, k, tn, span, ts, te, tm, x);
+      const int keep = kept(x);
       n += keep;
       bits |= uint64_t(keep) << (k & 63);  // (masks are kept for S <= 64 only)
     }
-#undef D3VC_CELL
     if (mask) *mask = bits;
     return n;
   }
